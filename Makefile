@@ -1,0 +1,205 @@
+# fibreflow.qfieldcloud: one-command setup and tests.
+#
+#   make setup   Docker engine + compose v2 + debootstrap (scripts/setup-host.sh), .venv/ with the pinned
+#                requirements, the collections/ link that makes .venv/bin/ansible-* resolve
+#                fibreflow.qfieldcloud from this tree, and ansible-test's offline get-pip stand-in.
+#   make test    setup, then every test layer that exists; non-zero when any of them fails.
+#   make help    every target with one line each.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+# One shell per recipe: recipes keep variables across lines and stop at the first failing line.
+.ONESHELL:
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+REQUIREMENTS := requirements-dev.txt
+REQUIREMENTS_STAMP := $(VENV)/.requirements.sha256
+COLLECTION_LINK := collections/ansible_collections/fibreflow/qfieldcloud
+OUTPUT := tests/output
+SANITY_PYTHON ?= 3.11
+# ansible-test downloads get-pip from a host these machines cannot reach; it uses this cached copy instead.
+GET_PIP_CACHE_DIR := $(HOME)/.ansible/test/cache
+
+# Every tool runs from the venv: molecule, ansible-lint and ansible-test call ansible-* through PATH.
+# ansible-* run from this directory read ./ansible.cfg (collections_path = ./collections) by themselves.
+export PATH := $(BIN):$(PATH)
+
+# Seconds elapsed since the EPOCHREALTIME value in the shell variable named $(1), one decimal.
+elapsed = $$(awk "BEGIN { printf \"%.1f\", $$EPOCHREALTIME - $$$(1) }")
+# Runs a command and prints "<label>: <seconds>s" after it. Usage: $(call timed,label,command)
+define timed
+step=$$EPOCHREALTIME; $(2); echo "$(1): $(call elapsed,step)s"
+endef
+
+# A test layer exists when its directory holds at least one test module.
+has_tests = $(shell find $(1) -name 'test_*.py' -print -quit 2>/dev/null)
+MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))
+LINTABLE = $(wildcard roles playbooks)
+
+.PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
+	test-harness test-molecule build changelog-lint demo clean
+
+help:
+	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
+	@echo 'make test              setup + every test layer that exists (unit, sanity, lint, build, changelog,'
+	@echo '                       integration, harness, molecule); fails when any layer fails'
+	@echo 'make test-unit         pytest tests/unit'
+	@echo 'make sanity            ansible-test sanity --local on a copy of the tree'
+	@echo 'make lint              ansible-lint --profile production (roles, playbooks) and ruff'
+	@echo 'make test-integration  pytest tests/integration (real Docker engine)'
+	@echo 'make test-harness      pytest tests/harness (the stand-in QFieldCloud)'
+	@echo 'make test-molecule     every molecule scenario, with a throw-away ANSIBLE_HOME'
+	@echo 'make build             build the collection tarball and prove it installs offline'
+	@echo 'make changelog-lint    antsibull-changelog lint'
+	@echo 'make demo              bring the stand-in QFieldCloud up and show its status'
+
+# ---------------------------------------------------------------------------------------------------------
+# setup
+
+setup:
+	@total=$$EPOCHREALTIME
+	$(call timed,setup: time for host tools,scripts/setup-host.sh)
+	$(call timed,setup: time for python venv,$(MAKE) venv)
+	$(call timed,setup: time for collections/ link,$(MAKE) collections-link)
+	$(call timed,setup: time for get-pip stand-in,$(MAKE) get-pip-standin)
+	echo "setup: total $(call elapsed,total)s"
+
+venv:
+	@if [ ! -x $(VENV)/bin/python ]; then
+	  $(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || {
+	    echo "setup: ERROR: ansible-core 2.19 needs Python >= 3.11 on the controller; '$(PYTHON)' is" \
+	      "$$($(PYTHON) -V 2>&1). Run 'make setup PYTHON=/path/to/python3.11'." >&2; exit 1; }
+	  echo "setup: creating $(VENV)/ with $$($(PYTHON) -V)"
+	  $(PYTHON) -m venv $(VENV)
+	fi
+	wanted=$$(sha256sum $(REQUIREMENTS) | cut -d' ' -f1)
+	if [ "$$(cat $(REQUIREMENTS_STAMP) 2>/dev/null)" = "$$wanted" ]; then
+	  echo "setup: $(VENV)/ already has $(REQUIREMENTS) installed"
+	else
+	  echo "setup: installing $(REQUIREMENTS) into $(VENV)/ (about a minute)"
+	  $(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(REQUIREMENTS)
+	  echo "$$wanted" > $(REQUIREMENTS_STAMP)
+	fi
+
+# ansible.cfg sets collections_path = ./collections; this link makes the working tree the installed
+# fibreflow.qfieldcloud for every ansible-* command run from the repository root.
+collections-link:
+	@mkdir -p $(dir $(COLLECTION_LINK))
+	if [ "$$(readlink $(COLLECTION_LINK) 2>/dev/null)" != "../../.." ]; then
+	  rm -rf $(COLLECTION_LINK)
+	  ln -s ../../.. $(COLLECTION_LINK)
+	  echo "setup: linked $(COLLECTION_LINK) -> ../../.."
+	else
+	  echo "setup: $(COLLECTION_LINK) -> ../../.. already"
+	fi
+
+# The file name carries the pip version ansible-test bootstraps (get_venv_packages() in ansible-test).
+get-pip-standin:
+	@pip_version=$$($(VENV)/bin/python -c 'import re, ansible_test._internal.python_requirements as r, inspect; \
+	  print(re.search(r"pip=.([0-9.]+).", inspect.getsource(r.get_venv_packages)).group(1))')
+	target=$(GET_PIP_CACHE_DIR)/get_pip_$${pip_version//./_}.py
+	if cmp -s scripts/get_pip_standin.py "$$target"; then
+	  echo "setup: $$target is the stand-in already"
+	else
+	  install -D -m 0644 scripts/get_pip_standin.py "$$target"
+	  echo "setup: installed the get-pip $$pip_version stand-in at $$target"
+	fi
+
+# ---------------------------------------------------------------------------------------------------------
+# tests
+
+# Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
+test: setup
+	@failed=()
+	layers=(test-unit sanity lint build changelog-lint)
+	$(if $(call has_tests,tests/integration),layers+=(test-integration))
+	$(if $(call has_tests,tests/harness),layers+=(test-harness))
+	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
+	summary=()
+	for layer in "$${layers[@]}"; do
+	  echo "=== make $$layer"
+	  start=$$EPOCHREALTIME
+	  if $(MAKE) "$$layer"; then result=ok; else result=FAILED; failed+=("$$layer"); fi
+	  summary+=("$$(printf '%-18s %-7s %7ss' "$$layer" "$$result" "$(call elapsed,start)")")
+	done
+	echo "=== summary"
+	printf '%s\n' "$${summary[@]}"
+	if [ $${#failed[@]} -gt 0 ]; then echo "FAILED: $${failed[*]}" >&2; exit 1; fi
+	echo "all layers passed"
+
+# pytest exits 5 when it collects no test: that is a failure here, like any other non-zero status.
+test-unit:
+	$(BIN)/pytest tests/unit
+
+test-integration:
+	$(BIN)/pytest tests/integration
+
+test-harness:
+	$(BIN)/pytest tests/harness
+
+# ansible-test needs the collection in a real (not symlinked) .../ansible_collections/NS/NAME directory, so
+# it runs on a copy holding what git would see (tracked and untracked, minus .gitignore: no .venv,
+# collections/, tests/output). The copy lives outside this repository: ansible-test looks for .git in every
+# parent directory and would otherwise list the copy's files through our git, which ignores tests/output.
+# --docker cannot work here (it pulls an image), hence --local. Its per-test virtualenvs are cached in
+# ~/.ansible/test/venv: built once, with pip bootstrapped offline by the get-pip stand-in and the sanity
+# requirements taken from PyPI; later runs need no network at all.
+sanity:
+	@work=$$(mktemp -d "$${TMPDIR:-/tmp}/fibreflow-qfieldcloud-sanity.XXXXXX")
+	trap 'rm -rf "$$work"' EXIT
+	tree=$$work/ansible_collections/fibreflow/qfieldcloud
+	mkdir -p "$$tree"
+	git ls-files -z --cached --others --exclude-standard \
+	  | while IFS= read -r -d '' f; do if [ -e "$$f" ]; then printf '%s\0' "$$f"; fi; done \
+	  | tar --null -T - -cf - | tar -xf - -C "$$tree"
+	cd "$$tree"
+	$(BIN)/ansible-test sanity --local --python $(SANITY_PYTHON) --color no $(SANITY_ARGS)
+
+lint:
+	@$(if $(LINTABLE),$(BIN)/ansible-lint --profile production $(LINTABLE),echo 'lint: no roles/ or playbooks/ yet: ansible-lint skipped')
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# Each scenario gets an empty ANSIBLE_HOME so a stale copy of the collection can never shadow this tree.
+test-molecule:
+	@$(if $(MOLECULE_SCENARIOS),,echo 'test-molecule: no scenario under molecule/' >&2; exit 1)
+	home=$$(mktemp -d)
+	trap 'rm -rf "$$home"' EXIT
+	for scenario in $(MOLECULE_SCENARIOS); do
+	  echo "=== molecule test -s $$scenario"
+	  rm -rf "$$home" && mkdir "$$home"
+	  ANSIBLE_HOME=$$home $(BIN)/molecule test -s "$$scenario"
+	done
+
+build:
+	@version=$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')
+	tarball=$(OUTPUT)/build/fibreflow-qfieldcloud-$$version.tar.gz
+	$(BIN)/ansible-galaxy collection build --force --output-path $(OUTPUT)/build
+	dest=$$(mktemp -d)
+	trap 'rm -rf "$$dest"' EXIT
+	# Only $$dest counts as installed: the working tree (collections/ link) must not satisfy the install.
+	export ANSIBLE_COLLECTIONS_PATH=$$dest
+	$(BIN)/ansible-galaxy collection install --offline --no-deps --force -p "$$dest" "$$tarball"
+	installed=$$dest/ansible_collections/fibreflow/qfieldcloud
+	test -f "$$installed/MANIFEST.json" || { echo "build: $$tarball installed without MANIFEST.json" >&2; exit 1; }
+	readme=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["collection_info"]["readme"])' \
+	  "$$installed/MANIFEST.json")
+	test -f "$$installed/$$readme" || { echo "build: the tarball lacks $$readme, which galaxy.yml names as readme" >&2; exit 1; }
+	$(BIN)/ansible-galaxy collection list fibreflow.qfieldcloud | grep -q "$$version"
+	echo "build: $$tarball ($$(du -h "$$tarball" | cut -f1)) installs as fibreflow.qfieldcloud $$version"
+
+changelog-lint:
+	$(BIN)/antsibull-changelog lint
+	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+
+# Until the roles exist: bring the stand-in QFieldCloud up and show its status.
+demo: setup
+	tests/harness/standin up
+	tests/harness/standin status
+
+clean:
+	rm -rf $(OUTPUT)/build .pytest_cache .ruff_cache

@@ -1,0 +1,497 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Compose-side plumbing of ``qfc_worker``: the owned override file, ``COMPOSE_FILE`` in ``.env``,
+atomic writes, the per-project lock and the ``docker compose`` command line.
+
+Nothing here imports Ansible; everything a caller needs back is plain data.
+
+Decisions (documented in the module):
+
+* The collection owns exactly one file in the project directory, :data:`OVERRIDE_FILE`
+  (``docker-compose.override.fibreflow-worker.yml``). It starts with :data:`HEADER` and is always
+  the *last* entry of ``COMPOSE_FILE``, so that its ``!override``/``!reset`` tags win over every
+  other file, including upstream's development override that publishes the debug port.
+* ``.env`` is edited line by line: only the ``COMPOSE_FILE`` line changes; its ``export`` prefix,
+  quote style and trailing comment are kept, every other byte of the file stays as it was.
+* Writes are atomic: a temporary file in the same directory, ``fsync``, ``os.replace``, then an
+  ``fsync`` of the directory. The mode and owner of the replaced file are kept.
+* Runs are serialised per compose project with ``fcntl.flock`` on a lock file under
+  ``/run/lock`` (never in the project directory, so that check mode writes nothing there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+OVERRIDE_FILE = "docker-compose.override.fibreflow-worker.yml"
+HEADER = (
+    "# Managed by the fibreflow.qfieldcloud Ansible collection (module qfc_worker). Do not edit:\n"
+    "# the next run rewrites it. It must stay the last file of COMPOSE_FILE in .env so that the\n"
+    "# worker's required settings survive a later 'docker compose up -d'.\n"
+)
+DEFAULT_COMMAND = ["python", "manage.py", "dequeue"]
+DOCKER_SOCKET = "/var/run/docker.sock"
+EXTERNAL_NETWORK_KEY = "fibreflow_worker_network"
+LOCK_DIRS = ("/run/lock", "/run", tempfile.gettempdir())
+# Variables of the caller's environment that would override the project's .env in compose.
+COMPOSE_ENV_VARS = (
+    "COMPOSE_FILE",
+    "COMPOSE_PROJECT_NAME",
+    "COMPOSE_PATH_SEPARATOR",
+    "COMPOSE_PROFILES",
+    "COMPOSE_ENV_FILES",
+)
+DEFAULT_COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+
+
+class ComposeError(Exception):
+    """A ``docker compose`` call failed; ``str()`` names the command and compose's own message."""
+
+
+class LockTimeout(Exception):
+    """Another run holds the project's lock for longer than ``lock_timeout``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Override file
+# --------------------------------------------------------------------------------------------
+
+
+def _compose_escape(value: str) -> str:
+    """Escape ``$`` so that compose does not interpolate a literal value."""
+    return value.replace("$", "$$")
+
+
+def _yaml_str(value: str) -> str:
+    """Return ``value`` as a YAML double-quoted scalar (JSON strings are valid YAML)."""
+    return json.dumps(_compose_escape(value))
+
+
+def render_override(
+    service: str,
+    command: list[str],
+    db_host: str,
+    replicas: int,
+    network_key: str = "default",
+    external_network: str | None = None,
+    socket: str = DOCKER_SOCKET,
+) -> str:
+    """Return the text of the owned override file.
+
+    :param service: the worker service (``worker_wrapper``).
+    :param command: the dequeue command as a list of words.
+    :param db_host: the ``POSTGRES_HOST`` the worker must use.
+    :param replicas: the ``scale`` a later plain ``docker compose up -d`` keeps.
+    :param network_key: the key of the project network in the compose files (``default``).
+    :param external_network: when the wanted network is not one of the project's, its Docker name;
+        it is then declared as an external network under :data:`EXTERNAL_NETWORK_KEY`.
+    :param socket: the Docker socket path, mounted read-write at the same path.
+    """
+    if external_network:
+        network_key = EXTERNAL_NETWORK_KEY
+    words = ", ".join(_yaml_str(word) for word in command)
+    lines = [
+        HEADER.rstrip("\n"),
+        "services:",
+        f"  {service}:",
+        "    user: root",
+        f"    command: !override [{words}]",
+        "    ports: !reset []",
+        "    networks: !override",
+        f"      {network_key}:",
+        "    environment:",
+        f"      POSTGRES_HOST: {_yaml_str(db_host)}",
+        "    volumes:",
+        f"      - {socket}:{socket}",
+        "    restart: unless-stopped",
+        f"    scale: {int(replicas)}",
+    ]
+    if external_network:
+        lines += [
+            "networks:",
+            f"  {EXTERNAL_NETWORK_KEY}:",
+            f"    name: {_yaml_str(external_network)}",
+            "    external: true",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def network_key_for(project_config: dict[str, Any], network: str) -> str | None:
+    """Return the compose key of the project network whose Docker name is ``network``, else ``None``.
+
+    ``project_config`` is the output of ``docker compose config --format json``.
+    """
+    for key, spec in (project_config.get("networks") or {}).items():
+        name = (spec or {}).get("name") or f"{project_config.get('name')}_{key}"
+        if network in (name, key):
+            return key
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# .env editing
+# --------------------------------------------------------------------------------------------
+
+_ENV_LINE = re.compile(
+    r"^(?P<lead>[ \t]*)(?P<export>export[ \t]+)?(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)(?P<eq>[ \t]*=[ \t]*)"
+    r"(?P<rest>.*?)(?P<eol>\r?\n)?$",
+    re.DOTALL,
+)
+
+
+def _split_value(rest: str) -> tuple[str, str, str]:
+    """Split the part after ``=`` into (quote, value, tail).
+
+    ``quote`` is ``'``, ``"`` or ``''`` (unquoted); ``tail`` keeps whatever followed the value
+    (spaces and an inline ``# comment``) byte for byte.
+    """
+    if rest[:1] in ("'", '"'):
+        quote = rest[0]
+        index = 1
+        while index < len(rest):
+            char = rest[index]
+            if quote == '"' and char == "\\":
+                index += 2
+                continue
+            if char == quote:
+                return quote, rest[1:index], rest[index + 1 :]
+            index += 1
+        return quote, rest[1:], ""
+    match = re.search(r"[ \t]+#", rest)
+    if match:
+        value, tail = rest[: match.start()], rest[match.start() :]
+    else:
+        value, tail = rest, ""
+    stripped = value.rstrip(" \t")
+    return "", stripped, value[len(stripped) :] + tail
+
+
+def find_env_line(text: str, key: str) -> tuple[int, dict[str, str]] | None:
+    """Return ``(line index, parts)`` of the last assignment of ``key`` in an env file, else ``None``.
+
+    ``parts`` holds ``lead``, ``export``, ``key``, ``eq``, ``quote``, ``value``, ``tail``, ``eol``.
+    Compose reads the last assignment when a key repeats, so that is the one that counts.
+    """
+    found = None
+    for index, line in enumerate(text.splitlines(keepends=True)):
+        match = _ENV_LINE.match(line)
+        if not match or match.group("key") != key:
+            continue
+        quote, value, tail = _split_value(match.group("rest"))
+        found = (
+            index,
+            {
+                "lead": match.group("lead"),
+                "export": match.group("export") or "",
+                "key": key,
+                "eq": match.group("eq"),
+                "quote": quote,
+                "value": value,
+                "tail": tail,
+                "eol": match.group("eol") or "",
+            },
+        )
+    return found
+
+
+def set_env_value(text: str, key: str, value: str) -> str:
+    """Return ``text`` with the last assignment of ``key`` set to ``value``.
+
+    The line keeps its indentation, ``export`` prefix, spacing around ``=``, quote style, trailing
+    comment and line ending; every other line is unchanged. When ``key`` is absent a line
+    ``KEY=value`` is appended (after a newline if the file does not end with one).
+    """
+    found = find_env_line(text, key)
+    if found is None:
+        sep = "" if not text or text.endswith("\n") else ("\r\n" if "\r\n" in text else "\n")
+        eol = "\r\n" if "\r\n" in text else "\n"
+        return f"{text}{sep}{key}={value}{eol}"
+    index, parts = found
+    lines = text.splitlines(keepends=True)
+    quote = parts["quote"]
+    lines[index] = (
+        f"{parts['lead']}{parts['export']}{key}{parts['eq']}{quote}{value}{quote}{parts['tail']}{parts['eol']}"
+    )
+    return "".join(lines)
+
+
+def default_compose_files(project_dir: str) -> list[str]:
+    """Return the files compose reads when ``COMPOSE_FILE`` is unset (the file and its override)."""
+    for name in DEFAULT_COMPOSE_FILES:
+        if os.path.isfile(os.path.join(project_dir, name)):
+            base, ext = os.path.splitext(name)
+            override = f"{base}.override{ext}"
+            files = [name]
+            if os.path.isfile(os.path.join(project_dir, override)):
+                files.append(override)
+            return files
+    return []
+
+
+def compose_files_with_override(files: list[str], override: str) -> list[str]:
+    """Return ``files`` with ``override`` as the last entry (moved there if it appears earlier)."""
+    wanted = os.path.normpath(override)
+    kept = [item for item in files if item and os.path.normpath(item) != wanted]
+    return [*kept, override]
+
+
+def planned_env_text(
+    text: str, project_dir: str, override: str, separator: str | None = None
+) -> tuple[str, str | None, str]:
+    """Return ``(new text, old COMPOSE_FILE value or None, new COMPOSE_FILE value)`` for ``.env``.
+
+    The separator is ``COMPOSE_PATH_SEPARATOR`` from the file, else ``:``.
+    """
+    if separator is None:
+        sep_line = find_env_line(text, "COMPOSE_PATH_SEPARATOR")
+        separator = (sep_line[1]["value"] if sep_line else "") or ":"
+    found = find_env_line(text, "COMPOSE_FILE")
+    old = found[1]["value"] if found else None
+    files = old.split(separator) if old else default_compose_files(project_dir)
+    new = separator.join(compose_files_with_override(files, override))
+    if old == new:
+        return text, old, new
+    return set_env_value(text, "COMPOSE_FILE", new), old, new
+
+
+# --------------------------------------------------------------------------------------------
+# Files: atomic write, backup
+# --------------------------------------------------------------------------------------------
+
+
+def read_text(path: str) -> str | None:
+    """Return the text of ``path``, or ``None`` when it does not exist."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def atomic_write(path: str, text: str, mode: int | None = None) -> None:
+    """Replace ``path`` with ``text`` so that a reader sees either the old or the new file.
+
+    The temporary file lives in the same directory; it is written, ``fsync``-ed and renamed over
+    ``path``; then the directory is ``fsync``-ed. An existing file's mode and owner are kept; a new
+    file gets ``mode`` (default 0644). On any error the temporary file is removed.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        current = os.stat(path)
+    except FileNotFoundError:
+        current = None
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        if current is not None:
+            os.fchmod(fd, current.st_mode & 0o7777)
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, current.st_uid, current.st_gid)
+        else:
+            os.fchmod(fd, 0o644 if mode is None else mode)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            fd = -1
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        tmp = ""
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def backup_file(path: str) -> str:
+    """Copy ``path`` to ``<path>.<timestamp>.bak`` (mode and times kept) and return the copy's path."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.localtime())
+    target = f"{path}.{stamp}.bak"
+    counter = 1
+    while os.path.exists(target):
+        counter += 1
+        target = f"{path}.{stamp}-{counter}.bak"
+    shutil.copy2(path, target)
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Lock
+# --------------------------------------------------------------------------------------------
+
+
+def lock_path(project: str, project_dir: str | None = None) -> str:
+    """Return the lock file path for a compose project (same project name -> same lock)."""
+    digest = hashlib.sha256(project.encode("utf-8")).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", project)[:40]
+    for directory in LOCK_DIRS:
+        if os.path.isdir(directory) and os.access(directory, os.W_OK):
+            return os.path.join(directory, f"fibreflow-qfc-worker-{safe}-{digest}.lock")
+    return os.path.join(project_dir or ".", ".fibreflow-worker.lock")
+
+
+class ProjectLock:
+    """``fcntl.flock`` on a lock file, waiting up to ``timeout`` seconds.
+
+    Used as a context manager. The kernel drops the lock when the process dies, so a killed run
+    never leaves a stale lock behind.
+    """
+
+    def __init__(self, path: str, timeout: float, poll: float = 0.2) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.poll = poll
+        self.waited = 0.0
+        self._fd: int | None = None
+
+    def __enter__(self) -> ProjectLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        start = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if time.monotonic() - start >= self.timeout:
+                    os.close(fd)
+                    raise LockTimeout(
+                        f"another qfc_worker run holds {self.path} for more than lock_timeout={self.timeout:g}s;"
+                        " wait for it to finish or raise lock_timeout"
+                    ) from None
+                time.sleep(self.poll)
+        self.waited = time.monotonic() - start
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+# --------------------------------------------------------------------------------------------
+# docker compose CLI
+# --------------------------------------------------------------------------------------------
+
+
+class ComposeCli:
+    """Run ``docker compose --project-directory DIR ...`` with the project's ``.env`` in charge.
+
+    Variables of the caller's environment that would shadow ``.env`` (``COMPOSE_FILE`` and friends)
+    are removed, so what runs is what a person running ``docker compose`` in the directory gets.
+    """
+
+    def __init__(
+        self,
+        project_dir: str,
+        docker_host: str | None = None,
+        timeout: float = 120,
+        docker_bin: str = "docker",
+    ) -> None:
+        self.project_dir = project_dir
+        self.docker_host = docker_host
+        self.timeout = timeout
+        self.docker_bin = docker_bin
+        self.calls: list[list[str]] = []
+
+    def _env(self) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key not in COMPOSE_ENV_VARS}
+        if self.docker_host:
+            env["DOCKER_HOST"] = self.docker_host
+        return env
+
+    def command(self, *args: str, files: list[str] | None = None) -> list[str]:
+        """Return the argument vector for ``docker compose`` with ``args``."""
+        argv = [self.docker_bin, "compose", "--project-directory", self.project_dir]
+        for name in files or []:
+            argv += ["-f", name]
+        return [*argv, *args]
+
+    def run(
+        self,
+        *args: str,
+        files: list[str] | None = None,
+        stdin: str | None = None,
+        timeout: float | None = None,
+    ) -> str:
+        """Run compose and return its stdout; raise :class:`ComposeError` on a non-zero exit."""
+        argv = self.command(*args, files=files)
+        self.calls.append(argv)
+        try:
+            proc = subprocess.run(
+                argv,
+                input=stdin,
+                capture_output=True,
+                text=True,
+                env=self._env(),
+                cwd=self.project_dir,
+                timeout=timeout or self.timeout,
+                check=False,
+            )
+        except FileNotFoundError as exc:
+            raise ComposeError(f"cannot run '{self.docker_bin}': {exc}") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise ComposeError(f"'{' '.join(argv)}' did not finish within {timeout or self.timeout:g}s") from exc
+        if proc.returncode != 0:
+            message = (proc.stderr or proc.stdout or "").strip()
+            raise ComposeError(f"'{' '.join(argv)}' failed (exit {proc.returncode}): {message}")
+        return proc.stdout
+
+    def config(self, files: list[str] | None = None, stdin: str | None = None) -> dict[str, Any]:
+        """Return the effective project configuration (``docker compose config --format json``)."""
+        return json.loads(self.run("config", "--format", "json", files=files, stdin=stdin))
+
+    def config_hash(self, service: str, files: list[str] | None = None, stdin: str | None = None) -> str:
+        """Return compose's configuration hash of ``service`` (the ``com.docker.compose.config-hash`` label)."""
+        out = self.run("config", "--hash", service, files=files, stdin=stdin)
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == service:
+                return parts[1]
+        raise ComposeError(f"'docker compose config --hash {service}' printed no hash for {service!r}")
+
+    def up(self, service: str, replicas: int, timeout: float | None = None) -> str:
+        """Apply the service: ``up -d --no-deps --scale SERVICE=N SERVICE`` (compose recreates what changed)."""
+        return self.run(
+            "up",
+            "-d",
+            "--no-deps",
+            "--no-build",
+            "--pull",
+            "never",
+            "--scale",
+            f"{service}={int(replicas)}",
+            service,
+            timeout=timeout,
+        )
+
+    def stop(self, service: str, timeout: float | None = None) -> str:
+        """Stop every container of ``service`` with the service's grace period."""
+        return self.run("stop", service, timeout=timeout)
+
+    def build_command(self, service: str) -> str:
+        """Return the command a person runs to build the service's image."""
+        return f"docker compose --project-directory {self.project_dir} build {service}"

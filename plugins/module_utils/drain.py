@@ -1,0 +1,95 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Drain QFieldCloud worker replicas before they are stopped or replaced: no job in flight is lost.
+
+The rule (documented in ``qfc_worker``):
+
+* A worker runs one job at a time and logs ``Dequeued job <id>, run!`` when it claims one. The
+  job a replica may be running is therefore the one named by the *last* such line that the
+  replica's current process wrote (its log since ``State.StartedAt``; earlier runs of a
+  crash-looping container do not count).
+* A replica is **busy** when it is running and that job is ``queued`` or ``started`` in the
+  database. When the database cannot be read, a replica is busy when a QGIS job container
+  labelled with that ``job_id`` is still running (the Docker-only fallback).
+* A replica that is not running is never busy: it cannot finish anything. A ``queued``/``started``
+  job that no running replica claims (left behind by a dead worker) does not block a repair;
+  upstream's cron fails it after the timeout.
+
+Waiting is bounded by ``drain_timeout``; the stop itself then uses the service's grace period, and
+the worker finishes the job it holds when it receives SIGTERM, so a job claimed in the last poll
+before the stop also completes.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+
+DEQUEUED_RE = re.compile(r"Dequeued job ([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})")
+IN_FLIGHT = ("queued", "started")
+LOG_TAIL = 2000
+
+
+def last_dequeued_job(log_text: str) -> str | None:
+    """Return the id of the last job a worker log says it dequeued, or ``None``."""
+    found = DEQUEUED_RE.findall(log_text or "")
+    return found[-1].lower() if found else None
+
+
+def busy_replicas(
+    replicas: list[dict[str, Any]],
+    job_status: dict[str, str] | None,
+    running_job_containers: set[str] | None = None,
+) -> dict[str, str]:
+    """Return ``{replica name: job id}`` for every replica that is running a job.
+
+    :param replicas: dicts with ``name``, ``running`` and ``last_job`` (from :func:`last_dequeued_job`).
+    :param job_status: ``{job id: status}`` read from the database, or ``None`` when it could not be read.
+    :param running_job_containers: job ids of running QGIS job containers (``job_id`` label).
+    """
+    busy: dict[str, str] = {}
+    containers = {job.lower() for job in running_job_containers or set()}
+    for replica in replicas:
+        job = replica.get("last_job")
+        if not job or not replica.get("running"):
+            continue
+        if job_status is not None:
+            if job_status.get(job) in IN_FLIGHT:
+                busy[replica["name"]] = job
+        elif job in containers:
+            busy[replica["name"]] = job
+    return busy
+
+
+def wait_until_idle(
+    names: list[str],
+    probe: Callable[[], dict[str, str]],
+    timeout: float,
+    poll: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[dict[str, str], float]:
+    """Wait until none of the replicas ``names`` is busy.
+
+    :param probe: returns the current ``{replica name: job id}`` of busy replicas.
+    :returns: ``(still busy among names, seconds waited)``; an empty dict means drained.
+    """
+    start = clock()
+    wanted = set(names)
+    while True:
+        busy = {name: job for name, job in probe().items() if name in wanted}
+        waited = clock() - start
+        if not busy or waited >= timeout:
+            return busy, waited
+        sleep(min(poll, max(0.0, timeout - waited)))
+
+
+def drain_message(busy: dict[str, str], timeout: float) -> str:
+    """Return the error a person reads when draining timed out."""
+    jobs = ", ".join(f"{name} runs job {job}" for name, job in sorted(busy.items()))
+    return (
+        f"worker replicas still busy after drain_timeout={timeout:g}s ({jobs}); nothing was stopped or"
+        " recreated. Wait for the jobs to finish (or fail them) and run again, or raise drain_timeout."
+    )

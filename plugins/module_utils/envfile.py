@@ -1,0 +1,247 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Read a compose project's ``.env`` the way ``docker compose`` does, and resolve the project settings.
+
+Public API (pure Python, no Docker):
+
+- :func:`parse_env` ``(text) -> dict``: parse ``.env`` text.
+- :func:`read_env` ``(path) -> dict``: parse a ``.env`` file (``{}`` when it does not exist).
+- :func:`normalise_project_name` ``(name) -> str``: compose's project-name normalisation.
+- :func:`project_settings` ``(project_dir, project_name=None) -> dict``: what the collection needs to
+  know about the project (name, compose files, worker replicas, network, timeouts), without secrets.
+
+Parsing rules (those of compose v2's dotenv reader that matter in practice): blank lines and lines
+starting with ``#`` are ignored; an optional ``export`` prefix is dropped; ``KEY=VALUE`` with
+whitespace around the key and unquoted values trimmed; an unquoted value ends at `` #`` (inline comment);
+single-quoted values are literal; double-quoted values understand ``\\n``, ``\\t``, ``\\"``, ``\\\\`` and
+may span lines; ``$VAR``, ``${VAR}``, ``${VAR:-default}`` and ``${VAR-default}`` in unquoted and
+double-quoted values are replaced with earlier values of the same file; the last duplicate wins.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+DEFAULT_PROJECT_NAME = "qfieldcloud"
+DEFAULT_WORKER_REPLICAS = 1
+DEFAULT_WORKER_TIMEOUT_S = 600
+DEFAULT_COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
+QGIS_IMAGE_VARIABLES = (
+    "QFIELDCLOUD_QGIS3_IMAGE_NAME",
+    "QFIELDCLOUD_QGIS4_IMAGE_NAME",
+    "QFIELDCLOUD_QGIS_IMAGE_NAME",
+)
+
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_VAR_RE = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?P<op>:?-)?(?P<default>[^}]*)\}|(?P<plain>[A-Za-z_][A-Za-z0-9_]*))"
+)
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\", "$": "$"}
+
+
+def _interpolate(value: str, known: dict[str, str]) -> str:
+    def repl(match: re.Match) -> str:
+        name = match.group("braced") or match.group("plain")
+        current = known.get(name)
+        op = match.group("op")
+        if op == ":-" and not current:
+            return match.group("default") or ""
+        if op == "-" and current is None:
+            return match.group("default") or ""
+        return current or ""
+
+    return _VAR_RE.sub(repl, value)
+
+
+def _unescape_double(raw: str) -> str:
+    out = []
+    i = 0
+    while i < len(raw):
+        char = raw[i]
+        if char == "\\" and i + 1 < len(raw) and raw[i + 1] in _ESCAPES:
+            out.append(_ESCAPES[raw[i + 1]])
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def _find_closing(text: str, start: int, quote: str) -> int:
+    """Return the index of the closing ``quote`` after ``start``, or -1."""
+    i = start
+    while i < len(text):
+        char = text[i]
+        if quote == '"' and char == "\\":
+            i += 2
+            continue
+        if char == quote:
+            return i
+        i += 1
+    return -1
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """Parse ``.env`` text into a dict (see the module docstring for the rules).
+
+    Malformed lines (no ``=``, invalid key) are skipped, as compose would refuse them rather than
+    guess; this function is used for reading, never for validation.
+    """
+    result: dict[str, str] = {}
+    pos = 0
+    length = len(text)
+    while pos < length:
+        end = text.find("\n", pos)
+        if end == -1:
+            end = length
+        line = text[pos:end]
+        next_pos = end + 1
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#") or "=" not in stripped:
+            pos = next_pos
+            continue
+        if stripped.startswith("export ") or stripped.startswith("export\t"):
+            stripped = stripped[len("export") :].lstrip()
+        key, _, rest = stripped.partition("=")
+        key = key.strip()
+        if not _KEY_RE.match(key):
+            pos = next_pos
+            continue
+        rest = rest.lstrip()
+        if rest[:1] in ("'", '"'):
+            quote = rest[0]
+            # The value may continue on the following lines: search in the whole remaining text.
+            offset = pos + line.index(quote)
+            close = _find_closing(text, offset + 1, quote)
+            if close == -1:
+                # Unterminated quote: take the rest of the line literally, like a lenient reader.
+                value = rest[1:]
+            else:
+                raw = text[offset + 1 : close]
+                value = raw if quote == "'" else _interpolate(_unescape_double(raw), result)
+                line_end = text.find("\n", close)
+                next_pos = length if line_end == -1 else line_end + 1
+        else:
+            comment = re.search(r"\s#", rest)
+            if comment:
+                rest = rest[: comment.start()]
+            value = _interpolate(rest.strip(), result)
+        result[key] = value
+        pos = next_pos
+    return result
+
+
+def read_env(path: str) -> dict[str, str]:
+    """Read and parse a ``.env`` file; return ``{}`` when it does not exist."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return parse_env(handle.read())
+    except FileNotFoundError:
+        return {}
+
+
+def normalise_project_name(name: str) -> str:
+    """Normalise a project name like compose v2: lower case, keep ``[a-z0-9_-]``, no leading ``_``/``-``."""
+    kept = "".join(re.findall(r"[a-z0-9_\-]", name.lower()))
+    return kept.lstrip("_-")
+
+
+def _compose_name_from_file(path: str) -> str | None:
+    """Return the top-level ``name:`` of a compose file, when it has a literal one."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                match = re.match(r"^name:\s*['\"]?([^'\"#\s]+)['\"]?\s*(#.*)?$", line.rstrip("\n"))
+                if match and "$" not in match.group(1):
+                    return match.group(1)
+    except OSError:
+        return None
+    return None
+
+
+def _as_int(value: str | None, default: int) -> int:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+
+
+def compose_files(project_dir: str, env: dict[str, str]) -> list[str]:
+    """Return the compose files of the project as absolute paths (``COMPOSE_FILE`` or compose's defaults)."""
+    raw = env.get("COMPOSE_FILE", "")
+    if raw.strip():
+        separator = env.get("COMPOSE_PATH_SEPARATOR") or ":"
+        names = [part.strip() for part in raw.split(separator) if part.strip()]
+        return [os.path.normpath(os.path.join(project_dir, name)) for name in names]
+    for name in DEFAULT_COMPOSE_FILES:
+        candidate = os.path.join(project_dir, name)
+        if os.path.exists(candidate):
+            stem, ext = os.path.splitext(name)
+            files = [candidate]
+            override = os.path.join(project_dir, f"{stem}.override{ext}")
+            if os.path.exists(override):
+                files.append(override)
+            return files
+    return []
+
+
+def project_settings(project_dir: str | None, project_name: str | None = None) -> dict[str, Any]:
+    """Resolve what the collection needs to know about a compose project.
+
+    :param project_dir: the compose project directory (holding ``.env``), or ``None``.
+    :param project_name: an explicit project name; wins over ``COMPOSE_PROJECT_NAME``.
+    :returns: a dict with ``project_name``, ``project_name_source`` (``argument``, ``env``,
+        ``compose_file``, ``directory`` or ``default``), ``project_dir``, ``env_file`` (path or
+        ``None``), ``compose_files``, ``path_separator``, ``worker_replicas``, ``default_network``,
+        ``worker_timeout_s``, ``environment``, ``qgis_images`` (variable -> image name) and
+        ``postgres`` (``host``, ``port``, ``db``, ``user``; never the password). No secret values.
+    """
+    env: dict[str, str] = {}
+    env_file = None
+    if project_dir:
+        project_dir = os.path.abspath(project_dir)
+        candidate = os.path.join(project_dir, ".env")
+        if os.path.exists(candidate):
+            env_file = candidate
+            env = read_env(candidate)
+
+    files = compose_files(project_dir, env) if project_dir else []
+    if project_name:
+        name, source = project_name, "argument"
+    elif env.get("COMPOSE_PROJECT_NAME", "").strip():
+        name, source = env["COMPOSE_PROJECT_NAME"].strip(), "env"
+    else:
+        from_file = None
+        for path in files:
+            from_file = _compose_name_from_file(path) or from_file
+        if from_file:
+            name, source = from_file, "compose_file"
+        elif project_dir:
+            name, source = os.path.basename(project_dir.rstrip(os.sep)), "directory"
+        else:
+            name, source = DEFAULT_PROJECT_NAME, "default"
+    name = normalise_project_name(name)
+
+    network = env.get("QFIELDCLOUD_DEFAULT_NETWORK", "").strip() or f"{name}_default"
+    return {
+        "project_name": name,
+        "project_name_source": source,
+        "project_dir": project_dir,
+        "env_file": env_file,
+        "compose_files": files,
+        "path_separator": env.get("COMPOSE_PATH_SEPARATOR") or ":",
+        "worker_replicas": max(0, _as_int(env.get("QFIELDCLOUD_WORKER_REPLICAS"), DEFAULT_WORKER_REPLICAS)),
+        "default_network": network,
+        "worker_timeout_s": _as_int(env.get("QFIELDCLOUD_WORKER_TIMEOUT_S"), DEFAULT_WORKER_TIMEOUT_S),
+        "environment": env.get("ENVIRONMENT") or None,
+        "qgis_images": {var: env[var] for var in QGIS_IMAGE_VARIABLES if env.get(var)},
+        "postgres": {
+            "host": env.get("POSTGRES_HOST") or None,
+            "port": _as_int(env.get("POSTGRES_PORT"), 5432),
+            "db": env.get("POSTGRES_DB") or None,
+            "user": env.get("POSTGRES_USER") or None,
+        },
+    }

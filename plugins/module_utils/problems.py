@@ -1,0 +1,637 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The catalogue of QFieldCloud sync problems, and their detection on plain facts.
+
+Every failure mode has one stable snake_case *code* (also used as drift code by ``worker_spec.py`` and
+``qfc_worker``), a *severity*, a one-line *summary*, what it *means*, how it is *detected*, and a *remedy*
+naming the exact command or the collection playbook that fixes it.
+
+Severities:
+
+- ``critical``: sync is blocked now (jobs cannot run at all);
+- ``error``: a misconfiguration that breaks sync for some jobs or will break it soon;
+- ``warning``: worth fixing, does not stop sync.
+
+``sync_ready`` is true only when there is no ``critical`` or ``error`` problem.
+
+:func:`detect_problems` reads the ``facts`` dict that ``qfc_sync_facts`` gathers (the same dict it returns
+as ``ansible_facts.qfc_sync``); every section is optional, a missing or skipped section yields no finding.
+The shape it reads::
+
+    project:   {name, dir, network, environment}
+    thresholds: {pending_age_s, job_timeout_s, cron_max_age_s, crash_restarts}
+    daemon:    {reachable, version, error}
+    services:  {<service>: {present, containers, running, state, restart_count, ...}}
+    worker:    {replicas_expected, replicas_running, replicas: [replica], hand_started: [replica]}
+               replica = worker_spec replica dict + {drift: [...], state, restart_count, log: {...}}
+    images:    {worker: {name, present}, qgis: [{variable, name, present}]}
+    database:  {checked, reachable, error_kind (unreachable|auth|other), error, in_recovery,
+                tables_present, missing_tables, generation}
+    queue:     {claimable_pending, oldest_claimable_pending_age_s, overdue_queued, overdue_started,
+                overdue_jobs, failed_last_hour, finished_last_hour}
+    app:       {checked, url, reachable, http_status, status, ok, error}
+    cron:      {checked, ofelia_present, ofelia_running, ofelia_stale, last_run_age_s}
+    orphan_job_containers: [{name, job_id, state, reason}]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
+
+SEVERITIES = ("critical", "error", "warning")
+BLOCKING = ("critical", "error")
+
+PLAY_SITE = "ansible-playbook fibreflow.qfieldcloud.site"
+PLAY_DIAGNOSE = "ansible-playbook fibreflow.qfieldcloud.diagnose"
+PLAY_MAINT = "ansible-playbook fibreflow.qfieldcloud.maintenance"
+COMPOSE = "cd {project_dir} && docker compose"
+
+# code -> catalogue entry. Placeholders: {project}, {project_dir}, {network}, {environment}.
+CATALOGUE: dict[str, dict[str, str]] = {
+    "docker_unreachable": {
+        "severity": "critical",
+        "summary": "The Docker daemon cannot be reached",
+        "meaning": "Nothing about the stack can be known; on this host no QFieldCloud job can run without Docker.",
+        "detection": "The Docker API (docker_host) does not answer a version request within the timeout.",
+        "remedy": "Start Docker (`systemctl start docker` or `dockerd &`), or point docker_host at the right "
+        "socket (DOCKER_HOST).",
+    },
+    "stack_not_found": {
+        "severity": "critical",
+        "summary": "No container of the compose project was found",
+        "meaning": "The project is not running on this host, or it has another name.",
+        "detection": "No container carries the label com.docker.compose.project=<project>.",
+        "remedy": "Check project_name/project_dir (COMPOSE_PROJECT_NAME in .env); start the stack with "
+        f"`{PLAY_SITE}` or `{COMPOSE} up -d`.",
+    },
+    "service_not_running": {
+        "severity": "error",
+        "summary": "A QFieldCloud service container is not running",
+        "meaning": "One of app, db, memcached, nginx is stopped or missing: sync or its API is degraded.",
+        "detection": "The service has a container of the project but none is running.",
+        "remedy": f"`{PLAY_SITE}` (role fibreflow.qfieldcloud.startup starts services in order), or "
+        f"`{COMPOSE} up -d <service>`.",
+    },
+    "worker_not_running": {
+        "severity": "critical",
+        "summary": "No worker_wrapper is running: jobs stay pending forever",
+        "meaning": "Nothing dequeues jobs. QField shows 'applying the latest uploaded changes' for ever.",
+        "detection": "No running container of the worker_wrapper service (nor a hand-started worker) while "
+        "QFIELDCLOUD_WORKER_REPLICAS > 0.",
+        "remedy": f"`{PLAY_SITE}` (role fibreflow.qfieldcloud.worker), or `{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_image_missing": {
+        "severity": "critical",
+        "summary": "The worker image has not been built",
+        "meaning": "The worker container cannot be (re)created: the image <project>-worker_wrapper is missing.",
+        "detection": "No local image named <project>-worker_wrapper (or the v1 name <project>_worker_wrapper).",
+        "remedy": f"`{COMPOSE} build worker_wrapper` (10-15 min), or `{PLAY_SITE}` (the worker role builds "
+        "missing images).",
+    },
+    "worker_image_wrong": {
+        "severity": "error",
+        "summary": "A worker runs an image other than the project's worker image",
+        "meaning": "The worker was started from another image; job handling may not match the app's version.",
+        "detection": "The container's image is neither <project>-worker_wrapper nor its current image id.",
+        "remedy": f"`{PLAY_SITE}` (module fibreflow.qfieldcloud.qfc_worker recreates it from the built image).",
+    },
+    "worker_image_outdated": {
+        "severity": "warning",
+        "summary": "A worker runs an older build of the worker image",
+        "meaning": "The image was rebuilt but the worker was not recreated: app, worker and QGIS versions may "
+        "differ and break process_projectfile.",
+        "detection": "The worker container's image id differs from the id of the image <project>-worker_wrapper.",
+        "remedy": f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_MAINT}` (restarts it without killing jobs).",
+    },
+    "worker_socket_denied": {
+        "severity": "critical",
+        "summary": "The worker cannot use the Docker socket (not running as root)",
+        "meaning": "The worker image runs as user 10001; without `user: root` it gets 'Permission denied' on "
+        "/var/run/docker.sock and cannot start QGIS job containers.",
+        "detection": "The worker's user is not root (0, root, 0:0), or its log shows 'Permission denied' on the "
+        "Docker socket.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker enforces user root in its compose override), or set `user: root` "
+        f"on worker_wrapper and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_socket_not_mounted": {
+        "severity": "critical",
+        "summary": "The Docker socket is not mounted read-write in the worker",
+        "meaning": "The worker cannot start QGIS job containers.",
+        "detection": "No read-write bind mount of /var/run/docker.sock in the worker container.",
+        "remedy": f"`{PLAY_SITE}`, or add `/var/run/docker.sock:/var/run/docker.sock` to the worker's volumes and "
+        f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_db_host_wrong": {
+        "severity": "critical",
+        "summary": "The worker's POSTGRES_HOST does not reach the app's database",
+        "meaning": "The worker waits 'Postgres isn't ready' for 30 s, then crashes and restarts: no job runs.",
+        "detection": "POSTGRES_HOST of the worker differs from the app's, or its log shows 'could not translate "
+        "host name'.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker sets POSTGRES_HOST to the app's database host), or fix POSTGRES_HOST "
+        f"in .env and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_port_published": {
+        "severity": "error",
+        "summary": "The worker publishes a port on the host",
+        "meaning": "Usually the development override's debugpy port 5679: a debugger open to the network, and "
+        "more than one replica cannot start (port already allocated).",
+        "detection": "The worker container has host port bindings.",
+        "remedy": "Remove docker-compose.override.local.yml from COMPOSE_FILE in .env and "
+        f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_SITE}`.",
+    },
+    "worker_wrong_network": {
+        "severity": "critical",
+        "summary": "The worker is not on the project network",
+        "meaning": "The worker cannot reach db/app, and its QGIS containers fail with 'network ... not found'.",
+        "detection": "The worker container is not attached to QFIELDCLOUD_DEFAULT_NETWORK (default <project>_default).",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker attaches it to {{network}}), or fix the worker's networks and "
+        f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_crash_loop": {
+        "severity": "error",
+        "summary": "The worker keeps restarting",
+        "meaning": "The worker crashes shortly after start (database unreachable, migrations missing, bad "
+        "configuration) and Docker restarts it again and again.",
+        "detection": "The worker is 'restarting' or its restart count is at or above the threshold.",
+        "remedy": "Read its log (`docker logs --tail 50 <container>`) and fix the cause named by the other "
+        f"problems; then `{PLAY_SITE}`.",
+    },
+    "worker_debug_command": {
+        "severity": "error",
+        "summary": "The worker runs under the debugger (debugpy)",
+        "meaning": "The development override is in use in production: slower jobs and an open debug port.",
+        "detection": "The worker's command contains debugpy.",
+        "remedy": "Remove docker-compose.override.local.yml from COMPOSE_FILE in .env, then "
+        f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_SITE}`.",
+    },
+    "worker_command_wrong": {
+        "severity": "critical",
+        "summary": "The worker does not run `manage.py dequeue`",
+        "meaning": "The container is up but does not process jobs.",
+        "detection": "The worker's entrypoint and command do not contain 'dequeue'.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker restores `python manage.py dequeue`).",
+    },
+    "worker_restart_policy": {
+        "severity": "warning",
+        "summary": "The worker does not restart by itself",
+        "meaning": "After a crash or a reboot, the worker stays down and sync stops.",
+        "detection": "The worker's restart policy is not unless-stopped.",
+        "remedy": f"`{PLAY_SITE}`, or set `restart: unless-stopped` and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_replicas_low": {
+        "severity": "error",
+        "summary": "Fewer worker replicas run than configured",
+        "meaning": "Jobs are processed more slowly than the configuration intends.",
+        "detection": "Running worker_wrapper containers < QFIELDCLOUD_WORKER_REPLICAS.",
+        "remedy": f"`{PLAY_SITE}`, or `{COMPOSE} up -d --no-deps --scale worker_wrapper=<n> worker_wrapper`.",
+    },
+    "worker_replicas_high": {
+        "severity": "warning",
+        "summary": "More worker replicas run than configured",
+        "meaning": "More jobs run at once than the host was sized for.",
+        "detection": "Running worker_wrapper containers > QFIELDCLOUD_WORKER_REPLICAS.",
+        "remedy": f"`{PLAY_SITE}` (scales down without stopping a replica that runs a job).",
+    },
+    "worker_hand_started": {
+        "severity": "warning",
+        "summary": "A worker was started by hand outside compose",
+        "meaning": "It lacks compose's environment and volumes, and the next `docker compose up` fights it. "
+        "Error severity when it runs instead of the compose worker.",
+        "detection": "A container not from compose runs the image <project>-worker_wrapper, is named "
+        "qfieldcloud-worker*, or runs `manage.py dequeue` on the project network.",
+        "remedy": f"`{PLAY_SITE}` with qfieldcloud_worker_remove_hand_started=true, or `docker rm -f <container>` "
+        f"and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "qgis_image_missing": {
+        "severity": "critical",
+        "summary": "A QGIS image the worker needs is missing",
+        "meaning": "Every job fails with 'pull access denied' (often after `docker system prune -a`).",
+        "detection": "The image named by QFIELDCLOUD_QGIS3_IMAGE_NAME / QFIELDCLOUD_QGIS4_IMAGE_NAME / "
+        "QFIELDCLOUD_QGIS_IMAGE_NAME (default <project>-qgis3) is not present locally.",
+        "remedy": f"`{COMPOSE} build qgis3` (and qgis4), or `{PLAY_SITE}` (the worker role builds missing images).",
+    },
+    "queue_stalled": {
+        "severity": "critical",
+        "summary": "Claimable jobs wait longer than the threshold: nothing processes the queue",
+        "meaning": "A pending job whose project has no running job and is not locked should be picked up within "
+        "seconds; it is not.",
+        "detection": "Age of the oldest claimable pending job > pending_age_threshold.",
+        "remedy": f"Fix the worker problems listed beside this one; `{PLAY_SITE}` repairs the worker and proves "
+        "sync with a probe job.",
+    },
+    "jobs_overdue": {
+        "severity": "error",
+        "summary": "Jobs are queued or started for longer than the job timeout",
+        "meaning": "A stuck job blocks every later job of its project; the cron only fails 'started' ones.",
+        "detection": "queued jobs whose updated_at, or started jobs whose started_at, is older than job_timeout.",
+        "remedy": "Check the worker and its QGIS containers; once no worker runs them, set them failed: "
+        f"`{COMPOSE} exec app python manage.py runcrons` (started jobs), or `{PLAY_MAINT}`.",
+    },
+    "jobs_failing": {
+        "severity": "warning",
+        "summary": "More jobs failed than finished in the last hour",
+        "meaning": "The worker runs jobs but they fail (QGIS image, network, storage).",
+        "detection": "failed jobs in the last hour > finished jobs in the last hour.",
+        "remedy": "Read the feedback of a failed job (core_job.feedback) and the worker log; "
+        f"`{PLAY_DIAGNOSE}` lists related problems.",
+    },
+    "db_unreachable": {
+        "severity": "critical",
+        "summary": "The database cannot be reached",
+        "meaning": "Neither app nor worker can work.",
+        "detection": "A PostgreSQL connection to the app's POSTGRES_HOST/PORT fails (timeout, refused, unknown host).",
+        "remedy": f"Start the database (`{COMPOSE} up -d db` for the standalone setup) or check the external "
+        f"database; `{PLAY_SITE}` starts the stack in order.",
+    },
+    "db_auth_failed": {
+        "severity": "critical",
+        "summary": "The database refuses the credentials",
+        "meaning": "POSTGRES_USER/POSTGRES_PASSWORD do not match the database.",
+        "detection": "PostgreSQL answers 'password authentication failed' or 'role ... does not exist'.",
+        "remedy": "Make POSTGRES_USER/POSTGRES_PASSWORD in .env match the database, then "
+        f"`{COMPOSE} up -d app worker_wrapper`.",
+    },
+    "db_is_replica": {
+        "severity": "critical",
+        "summary": "The database is a read-only replica",
+        "meaning": "The worker refuses to run jobs on a replica (pg_is_in_recovery()).",
+        "detection": "SELECT pg_is_in_recovery() returns true.",
+        "remedy": "Point POSTGRES_HOST at the primary, or promote the server (`pg_ctl promote`).",
+    },
+    "migrations_missing": {
+        "severity": "critical",
+        "summary": "The database has no QFieldCloud tables (migrations not applied)",
+        "meaning": "The worker loops on 'relation \"...\" does not exist'.",
+        "detection": "core_job or the project table does not exist, or django_migrations is empty.",
+        "remedy": f"`{COMPOSE} exec app python manage.py migrate`.",
+    },
+    "app_unreachable": {
+        "severity": "critical",
+        "summary": "The app's status endpoint does not answer",
+        "meaning": "QField cannot reach the API: no upload, no sync.",
+        "detection": "GET /api/v1/status/ fails (connection refused, timeout, closed).",
+        "remedy": f"`{COMPOSE} up -d app nginx`, or `{PLAY_SITE}`; behind nginx the Host header must equal "
+        "QFIELDCLOUD_HOST (app_host_header).",
+    },
+    "app_status_not_ok": {
+        "severity": "critical",
+        "summary": "The app's status endpoint reports a failing component",
+        "meaning": "The app cannot use its database or storage.",
+        "detection": "GET /api/v1/status/ does not return 200 with every component 'ok'.",
+        "remedy": "Fix the component reported (database, storage); `docker logs <app container>` shows the error.",
+    },
+    "cron_not_running": {
+        "severity": "error",
+        "summary": "The QFieldCloud cron (ofelia) is not running its jobs",
+        "meaning": "Stuck jobs are never set failed and later jobs of their project wait for ever.",
+        "detection": "ofelia is not running, or started before the current app container was created (it keeps "
+        "targeting the old one), or the last django_cron_cronjoblog run is older than the threshold.",
+        "remedy": f"`{COMPOSE} restart ofelia` (after every recreation of app), or `{PLAY_SITE}`.",
+    },
+    "orphan_job_containers": {
+        "severity": "warning",
+        "summary": "QGIS job containers of this project are left over",
+        "meaning": "Containers of jobs that are no longer queued/started (or whose worker is gone) use resources.",
+        "detection": "Containers labelled app=<ENVIRONMENT>_worker with a job_id, on the project's network or "
+        "image, that are exited or whose job is finished.",
+        "remedy": f"`docker rm -f <container>`, or `{PLAY_MAINT}` (prunes them safely).",
+    },
+}
+
+# Fields of the catalogue rendered in docs/problems.md.
+DOC_FIELDS = ("severity", "summary", "meaning", "detection", "remedy")
+
+
+def _context(facts: dict[str, Any]) -> dict[str, str]:
+    project = facts.get("project") or {}
+    name = project.get("name") or "qfieldcloud"
+    return {
+        "project": name,
+        "project_dir": project.get("dir") or "<project_dir>",
+        "network": project.get("network") or f"{name}_default",
+        "environment": project.get("environment") or "production",
+    }
+
+
+def make_problem(
+    code: str,
+    evidence: Any = None,
+    facts: dict[str, Any] | None = None,
+    summary: str | None = None,
+    severity: str | None = None,
+) -> dict[str, Any]:
+    """Build one problem dict ``{code, severity, summary, evidence, remedy}`` from the catalogue."""
+    entry = CATALOGUE[code]
+    ctx = _context(facts or {})
+    remedy = entry["remedy"].replace("{project_dir}", ctx["project_dir"])
+    for key in ("project", "network", "environment"):
+        remedy = remedy.replace("{" + key + "}", ctx[key])
+    return {
+        "code": code,
+        "severity": severity or entry["severity"],
+        "summary": summary or entry["summary"],
+        "evidence": evidence if evidence is not None else {},
+        "remedy": remedy,
+    }
+
+
+def _threshold(facts: dict[str, Any], name: str, default: float) -> float:
+    value = (facts.get("thresholds") or {}).get(name)
+    return default if value is None else value
+
+
+class _Collector:
+    """Collects problems, merging repeated codes (one problem per code, evidence listed per item)."""
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts = facts
+        self.items: dict[str, dict[str, Any]] = {}
+
+    def add(self, code: str, evidence: dict[str, Any], summary: str | None = None, severity: str | None = None):
+        if code in self.items:
+            problem = self.items[code]
+            problem["evidence"].setdefault("more", []).append(evidence)
+            if severity and SEVERITIES.index(severity) < SEVERITIES.index(problem["severity"]):
+                problem["severity"] = severity
+            return
+        self.items[code] = make_problem(code, dict(evidence), self.facts, summary, severity)
+
+    def result(self) -> list[dict[str, Any]]:
+        order = {code: i for i, code in enumerate(CATALOGUE)}
+        return sorted(self.items.values(), key=lambda p: (SEVERITIES.index(p["severity"]), order.get(p["code"], 999)))
+
+
+def _workers(facts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    worker = facts.get("worker") or {}
+    return list(worker.get("replicas") or []), list(worker.get("hand_started") or [])
+
+
+def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
+    worker = facts.get("worker") or {}
+    replicas, hand = _workers(facts)
+    expected = int(worker.get("replicas_expected") or 0)
+    running_compose = [r for r in replicas if r.get("running")]
+    running_hand = [r for r in hand if r.get("running")]
+    crash_restarts = _threshold(facts, "crash_restarts", 3)
+
+    images = facts.get("images") or {}
+    worker_image = images.get("worker") or {}
+    if worker_image and worker_image.get("present") is False:
+        out.add("worker_image_missing", {"image": worker_image.get("name")})
+
+    if expected > 0 and not running_compose and not running_hand:
+        evidence: dict[str, Any] = {"replicas_expected": expected, "replicas_running": 0}
+        evidence["containers"] = [{"name": r.get("name"), "state": r.get("state")} for r in replicas + hand]
+        out.add("worker_not_running", evidence)
+    elif running_compose or not running_hand:
+        for item in ws.replica_count_drift(len(running_compose), expected):
+            if item["code"] != ws.CODE_NOT_RUNNING:
+                out.add(item["code"], {"replicas_expected": expected, "replicas_running": len(running_compose)})
+
+    if running_hand:
+        evidence = {
+            "containers": [r.get("name") for r in running_hand],
+            "compose_replicas_running": len(running_compose),
+        }
+        if running_compose:
+            out.add("worker_hand_started", evidence)
+        else:
+            out.add(
+                "worker_hand_started",
+                evidence,
+                summary="A worker started by hand runs instead of the compose worker",
+                severity="error",
+            )
+
+    for rep in replicas + hand:
+        name = rep.get("name")
+        state = rep.get("state")
+        restarts = int(rep.get("restart_count") or 0)
+        if state == "restarting" or restarts >= crash_restarts:
+            out.add("worker_crash_loop", {"container": name, "state": state, "restart_count": restarts})
+        if rep in hand and not rep.get("running"):
+            # a stopped hand-started container does no harm; its configuration does not matter
+            continue
+        for item in rep.get("drift") or []:
+            code = item.get("code")
+            if code == ws.CODE_NOT_RUNNING or code not in CATALOGUE:
+                continue
+            out.add(
+                code,
+                {
+                    "container": name,
+                    "field": item.get("field"),
+                    "expected": item.get("expected"),
+                    "actual": item.get("actual"),
+                },
+            )
+        log = rep.get("log") or {}
+        if log.get("socket_denied"):
+            out.add(
+                "worker_socket_denied",
+                {
+                    "container": name,
+                    "log_lines_matching": log["socket_denied"],
+                    "sign": "Permission denied on docker.sock",
+                },
+            )
+        wrong_network = any(i.get("code") == ws.CODE_NETWORK for i in rep.get("drift") or [])
+        if log.get("host_unresolved") and not wrong_network:
+            out.add(
+                "worker_db_host_wrong",
+                {
+                    "container": name,
+                    "log_lines_matching": log["host_unresolved"],
+                    "sign": "could not translate host name",
+                },
+            )
+        if log.get("relation_missing"):
+            out.add(
+                "migrations_missing",
+                {"container": name, "log_lines_matching": log["relation_missing"], "sign": "relation does not exist"},
+            )
+
+    qgis = images.get("qgis") or []
+    missing = [img for img in qgis if img.get("present") is False]
+    if missing:
+        out.add(
+            "qgis_image_missing", {"images": [{"variable": i.get("variable"), "name": i.get("name")} for i in missing]}
+        )
+
+
+def _detect_services(facts: dict[str, Any], out: _Collector) -> None:
+    services = facts.get("services") or {}
+    skipped = set(facts.get("checks_skipped") or [])
+    for name in ("app", "db", "memcached", "nginx"):
+        svc = services.get(name) or {}
+        if name == "db" and "db" in skipped:
+            continue
+        if svc.get("present") and not svc.get("running"):
+            out.add("service_not_running", {"service": name, "state": svc.get("state")})
+
+
+def _detect_database(facts: dict[str, Any], out: _Collector) -> None:
+    db = facts.get("database") or {}
+    if not db.get("checked"):
+        return
+    where = {"host": db.get("host"), "port": db.get("port"), "database": db.get("name")}
+    if not db.get("reachable"):
+        code = "db_auth_failed" if db.get("error_kind") == "auth" else "db_unreachable"
+        out.add(code, dict(where, error=db.get("error")))
+        return
+    if db.get("in_recovery"):
+        out.add("db_is_replica", where)
+    if db.get("tables_present") is False:
+        out.add("migrations_missing", dict(where, missing_tables=db.get("missing_tables") or []))
+
+
+def _log_silence(facts: dict[str, Any]) -> dict[str, Any]:
+    replicas, hand = _workers(facts)
+    dequeued = {}
+    for rep in replicas + hand:
+        if rep.get("running"):
+            dequeued[rep.get("name")] = int((rep.get("log") or {}).get("dequeued_jobs") or 0)
+    return dequeued
+
+
+def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
+    db = facts.get("database") or {}
+    queue = facts.get("queue") or {}
+    if not db.get("reachable") or not queue or not queue.get("checked", True):
+        return
+    pending_age = _threshold(facts, "pending_age_s", 300)
+    age = queue.get("oldest_claimable_pending_age_s")
+    if age is not None and age > pending_age:
+        evidence = {
+            "claimable_pending": queue.get("claimable_pending"),
+            "oldest_claimable_pending_age_s": round(float(age), 1),
+            "threshold_s": pending_age,
+            "dequeued_lines_in_worker_logs": _log_silence(facts),
+        }
+        out.add("queue_stalled", evidence)
+    overdue_q = int(queue.get("overdue_queued") or 0)
+    overdue_s = int(queue.get("overdue_started") or 0)
+    if overdue_q or overdue_s:
+        out.add(
+            "jobs_overdue",
+            {
+                "queued": overdue_q,
+                "started": overdue_s,
+                "job_timeout_s": _threshold(facts, "job_timeout_s", 600),
+                "jobs": list(queue.get("overdue_jobs") or [])[:10],
+            },
+        )
+    failed = int(queue.get("failed_last_hour") or 0)
+    finished = int(queue.get("finished_last_hour") or 0)
+    if failed and failed > finished:
+        out.add("jobs_failing", {"failed_last_hour": failed, "finished_last_hour": finished})
+
+
+def _detect_app(facts: dict[str, Any], out: _Collector) -> None:
+    app = facts.get("app") or {}
+    if not app.get("checked"):
+        return
+    if not app.get("reachable"):
+        out.add("app_unreachable", {"url": app.get("url"), "error": app.get("error")})
+    elif not app.get("ok"):
+        out.add(
+            "app_status_not_ok",
+            {"url": app.get("url"), "http_status": app.get("http_status"), "status": app.get("status")},
+        )
+
+
+def _detect_cron(facts: dict[str, Any], out: _Collector) -> None:
+    cron = facts.get("cron") or {}
+    if not cron.get("checked"):
+        return
+    max_age = _threshold(facts, "cron_max_age_s", 300)
+    if cron.get("ofelia_present") is False or cron.get("ofelia_running") is False:
+        out.add(
+            "cron_not_running",
+            {"ofelia_present": cron.get("ofelia_present"), "ofelia_running": cron.get("ofelia_running")},
+        )
+    elif cron.get("ofelia_stale"):
+        out.add(
+            "cron_not_running",
+            {
+                "reason": "ofelia started before the current app container was created",
+                "ofelia_started_at": cron.get("ofelia_started_at"),
+                "app_created_at": cron.get("app_created_at"),
+            },
+        )
+    age = cron.get("last_run_age_s")
+    if age is not None and age > max_age:
+        out.add("cron_not_running", {"last_run_age_s": round(float(age), 1), "threshold_s": max_age})
+
+
+def _detect_orphans(facts: dict[str, Any], out: _Collector) -> None:
+    orphans = facts.get("orphan_job_containers") or []
+    if orphans:
+        out.add(
+            "orphan_job_containers",
+            {
+                "containers": [
+                    {
+                        "name": o.get("name"),
+                        "job_id": o.get("job_id"),
+                        "state": o.get("state"),
+                        "reason": o.get("reason"),
+                    }
+                    for o in orphans[:20]
+                ],
+                "count": len(orphans),
+            },
+        )
+
+
+def detect_problems(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the problems found in ``facts``, most severe first, one entry per code.
+
+    Each problem is ``{code, severity, summary, evidence, remedy}``. The function is pure: it reads plain
+    data and never talks to Docker or PostgreSQL. Evidence is not redacted here; callers pass the result
+    through ``redact.py`` with everything else.
+    """
+    out = _Collector(facts)
+    daemon = facts.get("daemon") or {}
+    if daemon and daemon.get("reachable") is False:
+        out.add("docker_unreachable", {"docker_host": daemon.get("docker_host"), "error": daemon.get("error")})
+    elif daemon:
+        services = facts.get("services") or {}
+        replicas, hand = _workers(facts)
+        if not any(s.get("present") for s in services.values()) and not replicas and not hand:
+            out.add("stack_not_found", {"project": (facts.get("project") or {}).get("name")})
+        else:
+            _detect_services(facts, out)
+            _detect_workers(facts, out)
+            _detect_cron(facts, out)
+            _detect_orphans(facts, out)
+    _detect_database(facts, out)
+    _detect_queue(facts, out)
+    _detect_app(facts, out)
+    return out.result()
+
+
+def sync_ready(problems: list[dict[str, Any]]) -> bool:
+    """True only when no problem blocks sync (no ``critical`` and no ``error`` severity)."""
+    return not any(p.get("severity") in BLOCKING for p in problems)
+
+
+def catalogue_markdown() -> str:
+    """Render the catalogue as a Markdown table (code, severity, meaning, detection, fix)."""
+    lines = [
+        "| Code | Severity | Meaning | Detection | Fix |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for code, entry in CATALOGUE.items():
+        cells = [
+            f"`{code}`",
+            entry["severity"],
+            f"**{entry['summary']}.** {entry['meaning']}",
+            entry["detection"],
+            entry["remedy"].replace("{project_dir}", "<project_dir>").replace("{network}", "<project>_default"),
+        ]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"

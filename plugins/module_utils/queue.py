@@ -1,0 +1,320 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Job-queue health of a QFieldCloud database, read with psycopg2 in two SQL round trips.
+
+Round trip 1 (:data:`CATALOG_SQL`): ``pg_is_in_recovery()`` and which tables/columns exist, which tells
+the schema generation (``project_project`` + ``locked_at`` from v26.21/v25.26, ``core_project`` +
+``is_locked`` before) and whether migrations ran. Round trip 2 (:func:`queue_sql`): one statement with
+CTEs returning one JSON document with every number, whatever the queue length.
+
+Public API:
+
+- :func:`read_database` ``(conn_params, job_timeout_s, job_ids=(), connect=None) -> dict``: connect, read,
+  close; never raises for an unreachable database or refused credentials (those are findings).
+- :func:`classify_error` ``(message) -> str``: ``auth``, ``unreachable`` or ``other``.
+- :func:`parse_catalog` ``(row) -> dict`` and :func:`queue_sql` ``(catalog, ...)`` for tests.
+
+Unknown job status or type values are counted like any other; only ``pending``, ``queued`` and
+``started`` have a meaning here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import traceback
+from typing import Any, Callable, Iterable
+
+try:
+    import psycopg2
+
+    HAS_PSYCOPG2 = True
+    PSYCOPG2_IMPORT_ERROR = None
+except ImportError:  # reported by the module with missing_required_lib()
+    psycopg2 = None
+    HAS_PSYCOPG2 = False
+    PSYCOPG2_IMPORT_ERROR = traceback.format_exc()
+
+CORE_TABLES = ("core_job",)
+ACTIVE_STATUSES = ("queued", "started")
+
+CATALOG_SQL = """
+SELECT pg_is_in_recovery(),
+       current_setting('server_version'),
+       to_regclass('public.core_job') IS NOT NULL,
+       to_regclass('public.project_project') IS NOT NULL,
+       to_regclass('public.core_project') IS NOT NULL,
+       to_regclass('public.core_delta') IS NOT NULL,
+       to_regclass('public.django_migrations') IS NOT NULL,
+       to_regclass('public.django_cron_cronjoblog') IS NOT NULL,
+       (SELECT coalesce(json_agg(json_build_array(table_name, column_name)), '[]'::json)
+          FROM information_schema.columns
+         WHERE table_schema = 'public'
+           AND table_name IN ('project_project', 'core_project')
+           AND column_name IN ('locked_at', 'is_locked'))
+"""
+
+
+def classify_error(message: str) -> str:
+    """Tell a refused login (``auth``) from an unreachable server (``unreachable``) or anything else."""
+    text = (message or "").lower()
+    auth_signs = (
+        "password authentication failed",
+        "authentication failed",
+        "no password supplied",
+        'role "',
+        "does not exist",
+        "no pg_hba.conf entry",
+        "permission denied for database",
+    )
+    if any(sign in text for sign in auth_signs) and "could not translate host name" not in text:
+        return "auth"
+    unreachable_signs = (
+        "could not connect",
+        "connection refused",
+        "timeout expired",
+        "timed out",
+        "could not translate host name",
+        "no route to host",
+        "network is unreachable",
+        "server closed the connection",
+        "name or service not known",
+        "connection to server",
+        "the database system is starting up",
+        "the database system is shutting down",
+    )
+    if any(sign in text for sign in unreachable_signs):
+        return "unreachable"
+    return "other"
+
+
+def parse_catalog(row: Iterable[Any]) -> dict[str, Any]:
+    """Turn the row of :data:`CATALOG_SQL` into the schema description used by :func:`queue_sql`."""
+    (in_recovery, version, has_job, has_pp, has_cp, has_delta, has_migrations, has_cron, columns) = tuple(row)
+    if isinstance(columns, str):
+        columns = json.loads(columns)
+    cols = {(t, c) for t, c in (columns or [])}
+    project_table = None
+    lock_column = None
+    # The newer generation wins when both tables exist (an upgrade in progress keeps the old one).
+    for table in ("project_project", "core_project"):
+        present = has_pp if table == "project_project" else has_cp
+        if not present:
+            continue
+        project_table = table
+        if (table, "locked_at") in cols:
+            lock_column = "locked_at"
+        elif (table, "is_locked") in cols:
+            lock_column = "is_locked"
+        break
+    if project_table == "project_project":
+        generation = "project_project"
+    elif project_table == "core_project":
+        generation = "core_project"
+    else:
+        generation = None
+    missing = [name for name, ok in (("core_job", has_job), ("project", project_table is not None)) if not ok]
+    if not has_migrations:
+        missing.append("django_migrations")
+    return {
+        "in_recovery": bool(in_recovery),
+        "server_version": version,
+        "generation": generation,
+        "project_table": project_table,
+        "lock_column": lock_column,
+        "has_core_job": bool(has_job),
+        "has_core_delta": bool(has_delta),
+        "has_migrations": bool(has_migrations),
+        "has_cronjoblog": bool(has_cron),
+        "missing_tables": missing,
+        "tables_present": bool(has_job) and project_table is not None,
+    }
+
+
+def _locked_expr(catalog: dict[str, Any], alias: str = "p") -> str:
+    column = catalog.get("lock_column")
+    if column == "locked_at":
+        return f"({alias}.locked_at IS NOT NULL)"
+    if column == "is_locked":
+        return f"coalesce({alias}.is_locked, false)"
+    return "false"
+
+
+def queue_sql(catalog: dict[str, Any]) -> str:
+    """Return the single statement that reads the whole queue state (parameters: timeout, job ids).
+
+    Parameters, in order: ``%(timeout)s`` (seconds, a number) and ``%(job_ids)s`` (a list of job id
+    strings, possibly empty).
+    """
+    table = catalog["project_table"]
+    locked = _locked_expr(catalog)
+    parts = [
+        "WITH jobs AS (SELECT id, project_id, type, status, created_at, updated_at, started_at FROM core_job),",
+        "by_status AS (SELECT status, type, count(*) AS n FROM jobs GROUP BY status, type),",
+        "active AS (SELECT DISTINCT project_id FROM jobs WHERE status IN ('queued', 'started')),",
+        f"claimable AS (SELECT j.id, j.created_at FROM jobs j LEFT JOIN {table} p ON p.id = j.project_id",
+        f"  WHERE j.status = 'pending' AND NOT coalesce({locked}, false)",
+        "    AND j.project_id NOT IN (SELECT project_id FROM active)),",
+        "overdue AS (SELECT id, status, type,",
+        "    extract(epoch FROM now() - coalesce(CASE WHEN status = 'started' THEN started_at END,",
+        "                                        updated_at, created_at)) AS age",
+        "  FROM jobs WHERE status IN ('queued', 'started')",
+        "    AND coalesce(CASE WHEN status = 'started' THEN started_at END, updated_at, created_at)",
+        "        < now() - make_interval(secs => %(timeout)s))",
+        "SELECT json_build_object(",
+        "  'counts', (SELECT coalesce(json_agg(json_build_array(status, type, n)), '[]'::json) FROM by_status),",
+        "  'claimable_pending', (SELECT count(*) FROM claimable),",
+        "  'oldest_claimable_pending_age_s', (SELECT extract(epoch FROM now() - min(created_at)) FROM claimable),",
+        "  'oldest_pending_age_s', (SELECT extract(epoch FROM now() - min(created_at)) FROM jobs"
+        " WHERE status = 'pending'),",
+        "  'overdue', (SELECT coalesce(json_agg(json_build_array(id, status, type, age) ORDER BY age DESC),"
+        " '[]'::json) FROM (SELECT * FROM overdue ORDER BY age DESC LIMIT 20) o),",
+        "  'overdue_queued', (SELECT count(*) FROM overdue WHERE status = 'queued'),",
+        "  'overdue_started', (SELECT count(*) FROM overdue WHERE status = 'started'),",
+        "  'failed_last_hour', (SELECT count(*) FROM core_job WHERE status = 'failed'"
+        " AND coalesce(finished_at, updated_at) > now() - interval '1 hour'),",
+        "  'finished_last_hour', (SELECT count(*) FROM core_job WHERE status = 'finished'"
+        " AND coalesce(finished_at, updated_at) > now() - interval '1 hour'),",
+        f"  'locked_projects', (SELECT count(*) FROM {table} p WHERE {locked}),",
+        "  'job_statuses', (SELECT coalesce(json_object_agg(id::text, status), '{}'::json) FROM jobs"
+        " WHERE id::text = ANY(%(job_ids)s::text[]))",
+    ]
+    if catalog.get("has_core_delta"):
+        parts.append(",  'pending_deltas', (SELECT count(*) FROM core_delta WHERE last_status = 'pending')")
+    if catalog.get("has_migrations"):
+        parts.append(",  'migrations_applied', (SELECT count(*) FROM django_migrations)")
+    if catalog.get("has_cronjoblog"):
+        parts.append(
+            ",  'cron_last', (SELECT json_build_object('code', code, 'start_time', start_time,"
+            " 'end_time', end_time, 'is_success', is_success,"
+            " 'age_s', extract(epoch FROM now() - coalesce(end_time, start_time)))"
+            " FROM django_cron_cronjoblog ORDER BY coalesce(end_time, start_time) DESC LIMIT 1)"
+        )
+    parts.append(")")
+    return "\n".join(parts)
+
+
+def summarise_queue(doc: dict[str, Any]) -> dict[str, Any]:
+    """Turn the JSON document of :func:`queue_sql` into the ``queue`` facts."""
+    by_status: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    matrix: dict[str, dict[str, int]] = {}
+    for raw_status, raw_type, count in doc.get("counts") or []:
+        status = str(raw_status)
+        job_type = str(raw_type)
+        by_status[status] = by_status.get(status, 0) + int(count)
+        by_type[job_type] = by_type.get(job_type, 0) + int(count)
+        matrix.setdefault(status, {})[job_type] = int(count)
+
+    def num(key: str) -> float | None:
+        value = doc.get(key)
+        return None if value is None else round(float(value), 1)
+
+    return {
+        "checked": True,
+        "counts_by_status": by_status,
+        "counts_by_type": by_type,
+        "counts": matrix,
+        "claimable_pending": int(doc.get("claimable_pending") or 0),
+        "oldest_claimable_pending_age_s": num("oldest_claimable_pending_age_s"),
+        "oldest_pending_age_s": num("oldest_pending_age_s"),
+        "overdue_queued": int(doc.get("overdue_queued") or 0),
+        "overdue_started": int(doc.get("overdue_started") or 0),
+        "overdue_jobs": [
+            {"id": str(i), "status": s, "type": t, "age_s": round(float(a), 1)}
+            for i, s, t, a in doc.get("overdue") or []
+        ],
+        "failed_last_hour": int(doc.get("failed_last_hour") or 0),
+        "finished_last_hour": int(doc.get("finished_last_hour") or 0),
+        "pending_deltas": None if doc.get("pending_deltas") is None else int(doc["pending_deltas"]),
+        "locked_projects": int(doc.get("locked_projects") or 0),
+    }
+
+
+def read_database(
+    conn_params: dict[str, Any],
+    job_timeout_s: float,
+    job_ids: Iterable[str] = (),
+    connect: Callable[..., Any] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read database and queue facts.
+
+    :param conn_params: psycopg2 ``connect`` keywords (``host``, ``port``, ``dbname``, ``user``,
+        ``password``, ``sslmode``, ``connect_timeout``).
+    :param job_timeout_s: queued/started jobs older than this are overdue.
+    :param job_ids: ids of job containers' jobs whose status is wanted (orphan detection).
+    :param connect: the connect function (``psycopg2.connect``); imported lazily when ``None``.
+    :returns: ``(database, queue)``: ``database`` has ``checked``, ``reachable``, ``error_kind``,
+        ``error``, ``in_recovery``, ``generation``, ``lock_column``, ``tables_present``,
+        ``missing_tables``, ``migrations_applied``, ``cron_last``, ``job_statuses``, ``round_trips``,
+        ``duration_s``; ``queue`` is :func:`summarise_queue`'s dict (``{}`` when unreadable).
+    """
+    if connect is None:
+        connect = psycopg2.connect
+    started = time.monotonic()
+    database: dict[str, Any] = {
+        "checked": True,
+        "host": conn_params.get("host"),
+        "port": conn_params.get("port"),
+        "name": conn_params.get("dbname"),
+        "user": conn_params.get("user"),
+        "reachable": False,
+        "error_kind": None,
+        "error": None,
+        "round_trips": 0,
+    }
+    queue: dict[str, Any] = {}
+    params = dict(conn_params)
+    params.setdefault("connect_timeout", 5)
+    params.setdefault("application_name", "fibreflow.qfieldcloud.qfc_sync_facts")
+    timeout_ms = int(max(1, params["connect_timeout"]) * 2000)
+    params.setdefault("options", f"-c statement_timeout={timeout_ms}")
+    conn = None
+    try:
+        conn = connect(**params)
+    except Exception as exc:  # psycopg2.OperationalError and friends: a finding, not a failure
+        message = str(exc).strip()
+        database.update(error=message, error_kind=classify_error(message))
+        database["duration_s"] = round(time.monotonic() - started, 3)
+        return database, queue
+    try:
+        conn.autocommit = True
+        database["reachable"] = True
+        with conn.cursor() as cur:
+            cur.execute(CATALOG_SQL)
+            database["round_trips"] += 1
+            catalog = parse_catalog(cur.fetchone())
+            database.update(
+                {
+                    "in_recovery": catalog["in_recovery"],
+                    "server_version": catalog["server_version"],
+                    "generation": catalog["generation"],
+                    "lock_column": catalog["lock_column"],
+                    "tables_present": catalog["tables_present"],
+                    "missing_tables": catalog["missing_tables"],
+                }
+            )
+            if catalog["tables_present"]:
+                cur.execute(queue_sql(catalog), {"timeout": float(job_timeout_s), "job_ids": [str(i) for i in job_ids]})
+                database["round_trips"] += 1
+                doc = cur.fetchone()[0]
+                if isinstance(doc, str):
+                    doc = json.loads(doc)
+                queue = summarise_queue(doc)
+                database["migrations_applied"] = doc.get("migrations_applied")
+                database["job_statuses"] = doc.get("job_statuses") or {}
+                cron = doc.get("cron_last")
+                database["cron_last"] = cron
+                if catalog["has_migrations"] and not doc.get("migrations_applied"):
+                    database["tables_present"] = False
+                    database["missing_tables"] = [*catalog["missing_tables"], "django_migrations rows"]
+    except Exception as exc:  # a query error on a half-migrated schema: report it, do not crash
+        message = str(exc).strip()
+        database.update(error=message, error_kind=classify_error(message) if not database["reachable"] else "query")
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+    database["duration_s"] = round(time.monotonic() - started, 3)
+    return database, queue

@@ -1,0 +1,466 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Discover a QFieldCloud compose project on a Docker host, in one pass, as plain dicts.
+
+Cost of :func:`discover`, whatever the host runs: one ``/version`` call, ONE container listing (the
+engine's ``/containers/json?all=1``, which carries names, labels, state, image and networks of every
+container, so that compose containers, hand-started workers and QGIS job containers are all found
+in the same call), ONE image listing, one inspect per container of the project and per hand-started
+worker (job containers need none), and one bounded log read (``tail=N``) per worker container.
+
+Only the named project's containers count: compose containers by the label
+``com.docker.compose.project=<project>``; hand-started workers and QGIS job containers only when they
+use the project's worker image / network (a second QFieldCloud on the same engine is ignored).
+
+The pure functions (``classify_containers``, ``container_facts``, ``replica_facts``, ``log_signs``)
+take the Docker Engine API's JSON as plain dicts and are unit-tested without Docker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import traceback
+from typing import Any, Iterable
+
+try:
+    import docker
+
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError:  # reported by the module with missing_required_lib()
+    docker = None
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
+
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import env_to_dict
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_spec import (
+    DOCKER_SOCKET,
+    WORKER_SERVICE,
+    command_words,
+    normalise_image_ref,
+)
+
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+COMPOSE_NUMBER = "com.docker.compose.container-number"
+COMPOSE_ONEOFF = "com.docker.compose.oneoff"
+EXPECTED_SERVICES = ("app", "db", "memcached", "nginx", "ofelia", WORKER_SERVICE)
+QGIS_SERVICES = ("qgis3", "qgis4", "qgis")
+
+LOG_PATTERNS = {
+    "postgres_not_ready": re.compile(r"Postgres isn't ready"),
+    "postgres_ready": re.compile(r"Postgres is ready"),
+    "host_unresolved": re.compile(r"could not translate host name"),
+    "socket_denied": re.compile(
+        r"PermissionError\(13|Permission denied.*(docker|\.sock)|(docker|\.sock).*Permission denied", re.I
+    ),
+    "relation_missing": re.compile(r"relation \"[^\"]+\" does not exist"),
+    "network_not_found": re.compile(r"network [^ ]+ not found"),
+    "pull_denied": re.compile(r"pull access denied"),
+    "dequeued_jobs": re.compile(r"Dequeued job"),
+    "dequeue_banner": re.compile(r"Dequeue QFieldCloud Jobs from the DB"),
+    "replica_refused": re.compile(r"read-only replica|pg_is_in_recovery|in recovery", re.I),
+}
+
+
+# ---------------------------------------------------------------------------------------------- client
+def docker_client(docker_host: str, timeout: float) -> Any:
+    """Return a low-level ``docker.APIClient`` (imported lazily so callers can guard the import).
+
+    Raises the SDK's exception when the daemon cannot be reached (API version negotiation calls it).
+    """
+    return docker.APIClient(base_url=docker_host, timeout=timeout, version="auto")
+
+
+# ---------------------------------------------------------------------------------------------- pure
+def _name(entry: dict[str, Any]) -> str:
+    names = entry.get("Names") or []
+    if names:
+        return str(names[0]).lstrip("/")
+    return str(entry.get("Name") or "").lstrip("/")
+
+
+def _networks_of_list_entry(entry: dict[str, Any]) -> list[str]:
+    return sorted(((entry.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+
+
+def worker_name_patterns(project: str) -> list[str]:
+    """Container-name patterns of hand-started workers (``docker run --name qfieldcloud-worker ...``)."""
+    patterns = [f"{project}-worker*", f"{project}_worker*"]
+    if project != "qfieldcloud":
+        patterns.append("qfieldcloud-worker*")
+    return patterns
+
+
+def classify_containers(
+    containers: Iterable[dict[str, Any]],
+    project: str,
+    network: str,
+    environment: str | None,
+    worker_images: Iterable[str],
+    worker_image_ids: Iterable[str] = (),
+    qgis_images: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Sort the engine's container listing into the project's containers.
+
+    :param containers: entries of ``GET /containers/json?all=1``.
+    :returns: ``{"project": {service: [entry, ...]}, "hand_started": [entry], "jobs": [entry]}``.
+    """
+    images = {normalise_image_ref(i) for i in worker_images if i}
+    image_ids = {i for i in worker_image_ids if i}
+    qgis = {normalise_image_ref(i) for i in qgis_images if i}
+    job_label = f"{environment}_worker" if environment else None
+    patterns = worker_name_patterns(project)
+    result: dict[str, Any] = {"project": {}, "hand_started": [], "jobs": []}
+    for entry in containers:
+        labels = entry.get("Labels") or {}
+        name = _name(entry)
+        nets = _networks_of_list_entry(entry)
+        on_network = network in nets
+        if labels.get(COMPOSE_PROJECT) == project:
+            if labels.get(COMPOSE_ONEOFF) == "True":
+                continue  # `docker compose run` one-off containers are not services
+            result["project"].setdefault(labels.get(COMPOSE_SERVICE) or "", []).append(entry)
+            continue
+        if COMPOSE_PROJECT in labels:
+            continue  # another compose project
+        image = normalise_image_ref(entry.get("Image"))
+        our_image = image in images or (entry.get("ImageID") in image_ids)
+        if "job_id" in labels and str(labels.get("app", "")).endswith("_worker"):
+            if job_label and labels.get("app") != job_label:
+                continue
+            if on_network or image in qgis:
+                result["jobs"].append(entry)
+            continue
+        command = str(entry.get("Command") or "")
+        runs_dequeue = "dequeue" in command_words(command)
+        name_matches = any(fnmatch.fnmatch(name, pat) for pat in patterns)
+        if (our_image and (runs_dequeue or name_matches)) or (on_network and (runs_dequeue or name_matches)):
+            result["hand_started"].append(entry)
+    return result
+
+
+def _state(inspect: dict[str, Any]) -> dict[str, Any]:
+    return inspect.get("State") or {}
+
+
+def container_facts(inspect: dict[str, Any], network: str | None = None) -> dict[str, Any]:
+    """Plain facts of one container from its inspect document (no environment, no secrets)."""
+    state = _state(inspect)
+    config = inspect.get("Config") or {}
+    labels = config.get("Labels") or {}
+    nets = (inspect.get("NetworkSettings") or {}).get("Networks") or {}
+    health = (state.get("Health") or {}).get("Status")
+    number = labels.get(COMPOSE_NUMBER)
+    return {
+        "name": str(inspect.get("Name") or "").lstrip("/"),
+        "id": str(inspect.get("Id") or "")[:12],
+        "service": labels.get(COMPOSE_SERVICE),
+        "number": int(number) if str(number or "").isdigit() else None,
+        "compose": COMPOSE_PROJECT in labels,
+        "state": state.get("Status"),
+        "running": bool(state.get("Running")) and not state.get("Restarting"),
+        "restarting": bool(state.get("Restarting")),
+        "health": health,
+        "exit_code": state.get("ExitCode"),
+        "restart_count": int(inspect.get("RestartCount") or 0),
+        "started_at": state.get("StartedAt"),
+        "finished_at": state.get("FinishedAt"),
+        "created": inspect.get("Created"),
+        "image": config.get("Image"),
+        "image_id": inspect.get("Image"),
+        "networks": sorted(nets.keys()),
+        "ips": {net: (info or {}).get("IPAddress") for net, info in nets.items() if (info or {}).get("IPAddress")},
+    }
+
+
+def published_ports(inspect: dict[str, Any]) -> list[str]:
+    """Host port bindings as ``host_ip:host_port->port/proto`` strings (running or configured)."""
+    bindings = (inspect.get("NetworkSettings") or {}).get("Ports") or {}
+    if not any(bindings.values()):
+        bindings = (inspect.get("HostConfig") or {}).get("PortBindings") or {}
+    result = set()
+    for port, binds in bindings.items():
+        for bind in binds or []:
+            host_port = (bind or {}).get("HostPort")
+            host_ip = (bind or {}).get("HostIp") or "0.0.0.0"
+            result.add(f"{host_ip}:{host_port or '?'}->{port}")
+    return sorted(result)
+
+
+def socket_mount(inspect: dict[str, Any]) -> dict[str, Any]:
+    """Whether ``/var/run/docker.sock`` is mounted into the container, and read-write."""
+    for mount in inspect.get("Mounts") or []:
+        if mount.get("Destination") == DOCKER_SOCKET:
+            return {"present": True, "rw": bool(mount.get("RW")), "source": mount.get("Source")}
+    return {"present": False, "rw": False, "source": None}
+
+
+def replica_facts(inspect: dict[str, Any], network: str | None = None, image_user: str | None = None) -> dict[str, Any]:
+    """The worker replica dict of ``worker_spec`` (effective configuration of one worker container)."""
+    facts = container_facts(inspect, network)
+    config = inspect.get("Config") or {}
+    host = inspect.get("HostConfig") or {}
+    env = env_to_dict(config.get("Env"))
+    security = [str(opt) for opt in host.get("SecurityOpt") or []]
+    facts.update(
+        {
+            "user": config.get("User") or "",
+            "image_user": image_user,
+            "published_ports": published_ports(inspect),
+            "postgres_host": env.get("POSTGRES_HOST"),
+            "socket_mount": socket_mount(inspect),
+            "command": list(config.get("Cmd") or []),
+            "entrypoint": list(config.get("Entrypoint") or []),
+            "restart_policy": ((host.get("RestartPolicy") or {}).get("Name")) or "no",
+            "hardening": {
+                "cap_drop": list(host.get("CapDrop") or []),
+                "no_new_privileges": any(
+                    opt.startswith("no-new-privileges") and not opt.endswith(":false") for opt in security
+                ),
+                "read_only": bool(host.get("ReadonlyRootfs")),
+            },
+        }
+    )
+    return facts
+
+
+def log_signs(text: str) -> dict[str, Any]:
+    """Count the known signs in a worker's log tail (see :data:`LOG_PATTERNS`)."""
+    lines = text.splitlines()
+    counts: dict[str, Any] = {key: 0 for key in LOG_PATTERNS}
+    for line in lines:
+        for key, pattern in LOG_PATTERNS.items():
+            if pattern.search(line):
+                counts[key] += 1
+    counts["dequeue_banner"] = counts["dequeue_banner"] > 0
+    counts["lines_scanned"] = len(lines)
+    return counts
+
+
+def image_index(images: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Map every tag (normalised) and id of ``GET /images/json`` to ``{id, created, tags}``."""
+    index: dict[str, dict[str, Any]] = {}
+    for image in images:
+        info = {"id": image.get("Id"), "created": image.get("Created"), "tags": list(image.get("RepoTags") or [])}
+        for tag in image.get("RepoTags") or []:
+            if tag and tag != "<none>:<none>":
+                index[normalise_image_ref(tag)] = info
+        if image.get("Id"):
+            index[image["Id"]] = info
+    return index
+
+
+def image_fact(index: dict[str, dict[str, Any]], name: str, variable: str | None = None) -> dict[str, Any]:
+    """Presence of one image by name (or id)."""
+    info = index.get(normalise_image_ref(name)) or index.get(name)
+    fact: dict[str, Any] = {"name": name, "present": info is not None, "id": info["id"] if info else None}
+    if variable:
+        fact["variable"] = variable
+    return fact
+
+
+def orphan_jobs(
+    jobs: list[dict[str, Any]], job_statuses: dict[str, str] | None, worker_running: bool
+) -> list[dict[str, Any]]:
+    """QGIS job containers left over: exited, or whose job is no longer queued/started, or no worker runs.
+
+    ``job_statuses`` maps job id -> status (from the database); ``None`` when the database was not read.
+    """
+    orphans = []
+    for job in jobs:
+        status = (job_statuses or {}).get(job["job_id"]) if job_statuses is not None else None
+        reason = None
+        if not job.get("running"):
+            reason = f"container {job.get('state')}"
+        elif job_statuses is not None and status not in ("queued", "started"):
+            reason = f"job is {status or 'unknown to the database'}"
+        elif not worker_running:
+            reason = "no worker is running"
+        if reason:
+            orphans.append(dict(job, job_status=status, reason=reason))
+    return orphans
+
+
+def job_container_facts(entry: dict[str, Any]) -> dict[str, Any]:
+    """Plain facts of a QGIS job container from its listing entry (no inspect needed)."""
+    labels = entry.get("Labels") or {}
+    return {
+        "name": _name(entry),
+        "id": str(entry.get("Id") or "")[:12],
+        "job_id": labels.get("job_id"),
+        "project_id": labels.get("project_id"),
+        "type": labels.get("type"),
+        "image": entry.get("Image"),
+        "state": entry.get("State"),
+        "running": entry.get("State") == "running",
+        "status": entry.get("Status"),
+        "created": entry.get("Created"),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- engine
+def service_address(containers: dict[str, list[dict[str, Any]]], host: str | None, network: str) -> str | None:
+    """Return the IP (on ``network`` preferably) of the running container that ``host`` names.
+
+    ``host`` may be a compose service name (``db``) or a container name of the project; ``None`` when it
+    names none of them (an external host, to be used as is).
+    """
+    if not host:
+        return None
+    for service, facts in containers.items():
+        for fact in facts:
+            if host in (service, fact.get("name")) and fact.get("running"):
+                ips = fact.get("ips") or {}
+                return ips.get(network) or next(iter(ips.values()), None)
+    return None
+
+
+def is_service_name(containers: dict[str, list[dict[str, Any]]], host: str | None) -> bool:
+    """Whether ``host`` is a service or container name of the project (running or not)."""
+    return bool(host) and any(host == s or any(host == f.get("name") for f in fs) for s, fs in containers.items())
+
+
+def _inspect(client: Any, container_id: str) -> dict[str, Any] | None:
+    """Inspect one container; ``None`` when it vanished between the listing and the inspect."""
+    try:
+        return client.inspect_container(container_id)
+    except Exception as exc:
+        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
+            return None
+        raise
+
+
+def _decode(data: Any) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return str(data or "")
+
+
+def discover(
+    client: Any,
+    project: str,
+    network: str,
+    environment: str | None = None,
+    worker_images: Iterable[str] = (),
+    qgis_images: dict[str, str] | None = None,
+    log_lines: int = 200,
+) -> dict[str, Any]:
+    """Discover the project on the engine behind ``client`` (a ``docker.APIClient``).
+
+    :param worker_images: extra accepted worker image names (default ``<project>-worker_wrapper`` and
+        the compose v1 ``<project>_worker_wrapper``).
+    :param qgis_images: variable -> QGIS image name (from ``.env``); completed from the containers'
+        environment.
+    :returns: ``{daemon, environment, services, containers, worker, images, job_containers, envs,
+        api_calls}``.
+        ``envs`` (service -> environment dict of the first container) holds secrets: it is for the
+        caller's use (database credentials, redaction) and must never be returned as is.
+    """
+    version = client.version()
+    daemon = {
+        "reachable": True,
+        "version": version.get("Version"),
+        "api_version": version.get("ApiVersion"),
+        "os": version.get("Os"),
+    }
+    listing = client.containers(all=True)
+    images = image_index(client.images())
+
+    names = [f"{project}-{WORKER_SERVICE}", f"{project}_{WORKER_SERVICE}", *list(worker_images)]
+    ids = [images[normalise_image_ref(n)]["id"] for n in names if normalise_image_ref(n) in images]
+    qgis_names = list((qgis_images or {}).values()) + [f"{project}-{s}" for s in QGIS_SERVICES]
+    # A first pass without environment to learn the project's containers (and their ENVIRONMENT).
+    groups = classify_containers(listing, project, network, environment, names, ids, qgis_names)
+
+    inspected: dict[str, list[dict[str, Any]]] = {}
+    for service, entries in groups["project"].items():
+        docs = [_inspect(client, e["Id"]) for e in entries]
+        inspected[service] = [d for d in docs if d]
+    envs: dict[str, dict[str, str]] = {}
+    for service in (WORKER_SERVICE, "app", "db", "ofelia"):
+        for doc in inspected.get(service, []):
+            envs.setdefault(service, env_to_dict((doc.get("Config") or {}).get("Env")))
+    if environment is None:
+        environment = (envs.get(WORKER_SERVICE) or envs.get("app") or {}).get("ENVIRONMENT")
+        if environment:
+            groups = classify_containers(listing, project, network, environment, names, ids, qgis_names)
+
+    services: dict[str, Any] = {}
+    containers: dict[str, list[dict[str, Any]]] = {}
+    for service in sorted(set(EXPECTED_SERVICES) | set(inspected)):
+        docs = inspected.get(service, [])
+        facts = [container_facts(d, network) for d in docs]
+        containers[service] = facts
+        running = [f for f in facts if f["running"]]
+        first = (running or facts or [{}])[0]
+        services[service] = {
+            "present": bool(facts),
+            "containers": len(facts),
+            "running": len(running),
+            "state": first.get("state"),
+            "health": first.get("health"),
+            "restart_count": sum(f["restart_count"] for f in facts),
+            "image": first.get("image"),
+            "image_id": first.get("image_id"),
+            "started_at": first.get("started_at"),
+            "created": first.get("created"),
+        }
+
+    # Workers: compose replicas and hand-started ones, with their effective configuration and log signs.
+    replicas = []
+    for doc in sorted(inspected.get(WORKER_SERVICE, []), key=lambda d: str(d.get("Name"))):
+        replicas.append(replica_facts(doc, network))
+    hand = []
+    for entry in groups["hand_started"]:
+        doc = _inspect(client, entry["Id"])
+        if not doc:
+            continue
+        envs.setdefault("hand_started", env_to_dict((doc.get("Config") or {}).get("Env")))
+        envs.setdefault(f"hand_started:{_name(entry)}", env_to_dict((doc.get("Config") or {}).get("Env")))
+        hand.append(replica_facts(doc, network))
+    for rep in replicas + hand:
+        if log_lines > 0 and (rep["running"] or rep["restarting"] or rep["restart_count"]):
+            try:
+                text = _decode(client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines)))
+            except Exception as exc:  # a log driver without read support: not a finding
+                rep["log"] = {"error": str(exc)}
+                continue
+            rep["log"] = log_signs(text)
+            rep["log_tail"] = text.splitlines()[-5:]
+
+    # Images: worker, app, QGIS (by the variables the worker uses).
+    worker_name = next((n for n in names if normalise_image_ref(n) in images), names[0])
+    qgis_vars: dict[str, str] = {}
+    for source in (envs.get(WORKER_SERVICE), envs.get("app"), envs.get("hand_started"), qgis_images):
+        for key, value in (source or {}).items():
+            if key.startswith("QFIELDCLOUD_QGIS") and key.endswith("IMAGE_NAME") and value:
+                qgis_vars.setdefault(key, value)
+    if not qgis_vars:
+        built = [s for s in QGIS_SERVICES if s in inspected]
+        for service in built or ["qgis3"]:
+            qgis_vars[f"compose service {service}"] = f"{project}-{service}"
+    image_facts = {
+        "worker": image_fact(images, worker_name),
+        "app": image_fact(images, f"{project}-app"),
+        "qgis": [image_fact(images, name, var) for var, name in sorted(qgis_vars.items())],
+    }
+
+    jobs = [job_container_facts(e) for e in groups["jobs"]]
+    return {
+        "daemon": daemon,
+        "environment": environment,
+        "services": services,
+        "containers": containers,
+        "worker": {"replicas": replicas, "hand_started": hand},
+        "images": image_facts,
+        "job_containers": jobs,
+        "envs": envs,
+        "api_calls": {
+            "container_lists": 1,
+            "image_lists": 1,
+            "inspects": sum(len(v) for v in inspected.values()) + len(hand),
+        },
+    }

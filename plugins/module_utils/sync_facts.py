@@ -1,0 +1,361 @@
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Everything ``qfc_sync_facts`` learns about a QFieldCloud stack, in one pass, redacted.
+
+:func:`gather` ``(options) -> {"facts", "problems", "sync_ready"}`` is what the module calls; it never
+raises for a sick stack (unreachable daemon, database or app are findings). Options are the module's
+parameters (see ``plugins/modules/qfc_sync_facts.py``); missing keys take the module's defaults.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile, stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import problems as problems_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import queue as queue_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor
+
+DEFAULTS: dict[str, Any] = {
+    "project_name": None,
+    "project_dir": None,
+    "docker_host": "unix:///var/run/docker.sock",
+    "timeout": 10,
+    "db_host": None,
+    "db_port": None,
+    "db_name": None,
+    "db_user": None,
+    "db_password": None,
+    "db_sslmode": None,
+    "app_url": None,
+    "app_host_header": None,
+    "pending_age_threshold": 300,
+    "job_timeout": None,
+    "cron_max_age": 300,
+    "crash_restarts": 3,
+    "log_lines": 200,
+    "skip": [],
+}
+CHECKS = ("db", "queue", "app", "cron", "logs", "orphans")
+STATUS_PATH = "/api/v1/status/"
+STATUS_COMPONENTS = ("database", "geodb", "storage")
+
+
+def parse_docker_time(value: str | None) -> float | None:
+    """Unix time of a Docker RFC 3339 timestamp (nanoseconds allowed); ``None`` for empty/zero values."""
+    if not value or value.startswith("0001-01-01"):
+        return None
+    text = value.strip()
+    zone = "+00:00"
+    if text.endswith("Z"):
+        text = text[:-1]
+    elif len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
+        text, zone = text[:-6], text[-6:]
+    main, _, fraction = text.partition(".")
+    try:
+        stamp = datetime.datetime.strptime(main + zone.replace(":", ""), "%Y-%m-%dT%H:%M:%S%z")
+    except ValueError:
+        return None
+    return stamp.timestamp() + (float("0." + fraction[:9]) if fraction.isdigit() else 0.0)
+
+
+def status_url(app_url: str) -> str:
+    """The status endpoint for an app base URL (``http://host:port``, ``.../api/v1/`` or the full URL)."""
+    parts = urllib.parse.urlsplit(app_url)
+    path = parts.path or "/"
+    if path.rstrip("/").endswith("/status"):
+        full = path if path.endswith("/") else path + "/"
+    elif path.rstrip("/").endswith("/api/v1"):
+        full = path.rstrip("/") + "/status/"
+    else:
+        full = path.rstrip("/") + STATUS_PATH
+    return urllib.parse.urlunsplit((parts.scheme or "http", parts.netloc, full, "", ""))
+
+
+def status_ok(http_status: int | None, body: Any) -> bool:
+    """True when the status endpoint answered 200 with every known component ``ok``."""
+    if http_status != 200 or not isinstance(body, dict):
+        return False
+    known = [body[k] for k in STATUS_COMPONENTS if k in body]
+    if not known:
+        return False
+    return all(str(v).lower() == "ok" for v in known)
+
+
+def check_app(url: str, host_header: str | None, timeout: float) -> dict[str, Any]:
+    """GET the status endpoint (no proxy, bounded); return the ``app`` facts."""
+    fact: dict[str, Any] = {"checked": True, "url": url, "host_header": host_header, "reachable": False}
+    headers = {"Accept": "application/json", "User-Agent": "fibreflow.qfieldcloud.qfc_sync_facts"}
+    if host_header:
+        headers["Host"] = host_header
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    started = time.monotonic()
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers), timeout=timeout) as resp:
+            code, raw = resp.status, resp.read(65536)
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, exc.read(65536) if exc.fp else b""
+    except Exception as exc:  # refused, timeout, closed connection (nginx 444), bad URL
+        fact.update(error=str(getattr(exc, "reason", exc)) or type(exc).__name__, ok=False)
+        fact["duration_s"] = round(time.monotonic() - started, 3)
+        return fact
+    fact["duration_s"] = round(time.monotonic() - started, 3)
+    try:
+        body = json.loads(raw.decode("utf-8", errors="replace") or "null")
+    except ValueError:
+        body = None
+    fact.update(reachable=True, http_status=code, status=body if isinstance(body, dict) else None)
+    fact["ok"] = status_ok(code, body)
+    if not fact["ok"] and body is None:
+        fact["error"] = "the answer is not JSON"
+    return fact
+
+
+def _default_host_header(app_env: dict[str, str]) -> str | None:
+    allowed = (app_env.get("DJANGO_ALLOWED_HOSTS") or "").replace(",", " ").split()
+    if "app" in allowed:
+        return "app"
+    named = [h for h in allowed if h not in ("*",)]
+    if named:
+        return named[0].lstrip(".")
+    return app_env.get("QFIELDCLOUD_HOST") or None
+
+
+def _db_params(
+    opts: dict[str, Any], sources: list[dict[str, str]], containers: dict[str, Any], network: str
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Connection parameters for the app's database, and facts about where they came from."""
+    source = next((s for s in sources if s.get("POSTGRES_HOST") or s.get("POSTGRES_DB")), {})
+    configured_host = opts.get("db_host") or source.get("POSTGRES_HOST")
+    port = opts.get("db_port") or source.get("POSTGRES_PORT") or 5432
+    info: dict[str, Any] = {"configured_host": source.get("POSTGRES_HOST"), "address_from": None}
+    if not configured_host:
+        info["error"] = "no database host: give db_host, or run the app/worker container with POSTGRES_HOST"
+        return None, info
+    host = configured_host
+    if not opts.get("db_host") and stack.is_service_name(containers, configured_host):
+        address = stack.service_address(containers, configured_host, network)
+        if not address:
+            info["error"] = f"the container of service '{configured_host}' is not running"
+            return None, info
+        host = address
+        info["address_from"] = f"container of service '{configured_host}' on {network}"
+    else:
+        info["address_from"] = "db_host option" if opts.get("db_host") else "POSTGRES_HOST"
+    params = {
+        "host": host,
+        "port": int(port),
+        "dbname": opts.get("db_name") or source.get("POSTGRES_DB") or "qfieldcloud_db",
+        "user": opts.get("db_user") or source.get("POSTGRES_USER") or "qfieldcloud_db_admin",
+        "password": opts.get("db_password") or source.get("POSTGRES_PASSWORD") or "",
+        "sslmode": opts.get("db_sslmode") or source.get("POSTGRES_SSLMODE") or "prefer",
+        "connect_timeout": max(2, int(opts.get("timeout") or 10)),
+    }
+    return params, info
+
+
+def gather(options: dict[str, Any]) -> dict[str, Any]:
+    """Gather facts, detect problems; return ``{"facts", "problems", "sync_ready"}``, all redacted."""
+    opts = dict(DEFAULTS)
+    opts.update({k: v for k, v in options.items() if v is not None})
+    started = time.monotonic()
+    skip = set(opts.get("skip") or [])
+    timeout = float(opts["timeout"])
+    redactor = Redactor()
+    redactor.add(opts.get("db_password"))
+
+    settings = envfile.project_settings(opts.get("project_dir"), opts.get("project_name"))
+    project = settings["project_name"]
+    network = settings["default_network"]
+    dotenv: dict[str, str] = envfile.read_env(settings["env_file"]) if settings["env_file"] else {}
+    redactor.learn_env(dotenv)
+
+    facts: dict[str, Any] = {
+        "project": {
+            "name": project,
+            "name_source": settings["project_name_source"],
+            "dir": settings["project_dir"],
+            "env_file": settings["env_file"],
+            "compose_files": settings["compose_files"],
+            "network": network,
+            "environment": settings["environment"],
+        },
+        "checks_skipped": sorted(skip),
+    }
+
+    # -- Docker ------------------------------------------------------------------------------------------
+    discovery: dict[str, Any] | None = None
+    try:
+        client = stack.docker_client(opts["docker_host"], timeout)
+        discovery = stack.discover(
+            client,
+            project,
+            network,
+            environment=settings["environment"],
+            qgis_images=settings["qgis_images"],
+            log_lines=0 if "logs" in skip else int(opts["log_lines"]),
+        )
+    except Exception as exc:  # daemon down, socket missing, permission denied: a finding
+        facts["daemon"] = {"reachable": False, "docker_host": opts["docker_host"], "error": str(exc)}
+    envs: dict[str, dict[str, str]] = {}
+    containers: dict[str, Any] = {}
+    if discovery is not None:
+        envs = discovery.pop("envs")
+        for env in envs.values():
+            redactor.learn_env(env)
+        containers = discovery.pop("containers")
+        facts["daemon"] = dict(discovery["daemon"], docker_host=opts["docker_host"])
+        facts["project"]["environment"] = discovery["environment"] or settings["environment"]
+        facts["services"] = discovery["services"]
+        facts["images"] = discovery["images"]
+        facts["api_calls"] = discovery["api_calls"]
+
+    app_env = envs.get("app") or {}
+    worker_env = envs.get(ws.WORKER_SERVICE) or {}
+    job_timeout = opts.get("job_timeout")
+    if job_timeout is None:
+        raw = worker_env.get("QFIELDCLOUD_WORKER_TIMEOUT_S") or dotenv.get("QFIELDCLOUD_WORKER_TIMEOUT_S")
+        try:
+            job_timeout = int(raw) if raw else settings["worker_timeout_s"]
+        except ValueError:
+            job_timeout = settings["worker_timeout_s"]
+    facts["thresholds"] = {
+        "pending_age_s": int(opts["pending_age_threshold"]),
+        "job_timeout_s": int(job_timeout),
+        "cron_max_age_s": int(opts["cron_max_age"]),
+        "crash_restarts": int(opts["crash_restarts"]),
+    }
+
+    # -- Workers -------------------------------------------------------------------------------------------
+    if discovery is not None:
+        worker_image = facts["images"]["worker"]
+        expected = ws.expected_worker(
+            project,
+            network=network,
+            db_host=app_env.get("POSTGRES_HOST") or dotenv.get("POSTGRES_HOST") or None,
+            image=worker_image["name"],
+            image_id=worker_image.get("id"),
+        )
+        expected["image_aliases"] = [ws.worker_image_name(project), ws.worker_image_name(project, compose_v1=True)]
+        replicas = discovery["worker"]["replicas"]
+        hand = discovery["worker"]["hand_started"]
+        for rep in replicas + hand:
+            rep["drift"] = ws.worker_drift(rep, expected)
+        if settings["env_file"]:
+            replicas_expected = settings["worker_replicas"]
+        elif str(worker_env.get("QFIELDCLOUD_WORKER_REPLICAS", "")).strip().isdigit():
+            replicas_expected = int(worker_env["QFIELDCLOUD_WORKER_REPLICAS"])
+        else:
+            replicas_expected = max(1, len(replicas))
+        facts["worker"] = {
+            "service": ws.WORKER_SERVICE,
+            "expected": {k: v for k, v in expected.items() if k != "image_aliases"},
+            "replicas_expected": replicas_expected,
+            "replicas_running": sum(1 for r in replicas if r["running"]),
+            "hand_started_running": sum(1 for r in hand if r["running"]),
+            "replicas": replicas,
+            "hand_started": hand,
+        }
+
+    # -- Database and queue ----------------------------------------------------------------------------------
+    job_containers = (discovery or {}).get("job_containers") or []
+    if "db" in skip:
+        facts["database"] = {"checked": False}
+    else:
+        sources = [app_env, worker_env, dotenv, envs.get("hand_started") or {}]
+        params, info = _db_params(opts, sources, containers, network)
+        if params is None:
+            facts["database"] = dict(info, checked=True, reachable=False, error_kind="unreachable")
+        elif not queue_mod.HAS_PSYCOPG2:
+            facts["database"] = dict(info, checked=False, error="psycopg2 is not installed")
+        else:
+            redactor.add(params.get("password"))
+            database, queue = queue_mod.read_database(
+                params, job_timeout, [j["job_id"] for j in job_containers if j.get("job_id")]
+            )
+            database.update(info)
+            facts["database"] = database
+            if "queue" not in skip:
+                facts["queue"] = queue
+
+    db = facts["database"]
+    # -- App -----------------------------------------------------------------------------------------------------
+    if "app" in skip:
+        facts["app"] = {"checked": False}
+    else:
+        host_header = opts.get("app_host_header")
+        if opts.get("app_url"):
+            facts["app"] = check_app(status_url(opts["app_url"]), host_header, timeout)
+        else:
+            address = stack.service_address(containers, "app", network) if containers else None
+            if address:
+                url = f"http://{address}:8000{STATUS_PATH}"
+                facts["app"] = check_app(url, host_header or _default_host_header(app_env), timeout)
+            elif discovery is not None:
+                facts["app"] = {
+                    "checked": True,
+                    "reachable": False,
+                    "url": None,
+                    "ok": False,
+                    "error": "the app container is not running",
+                }
+            else:
+                facts["app"] = {"checked": False, "error": "the Docker daemon is unreachable"}
+
+    # -- Cron ------------------------------------------------------------------------------------------------------
+    if "cron" in skip or discovery is None:
+        facts["cron"] = {"checked": False}
+    else:
+        ofelia = facts["services"].get("ofelia") or {}
+        app_svc = facts["services"].get("app") or {}
+        ofelia_started = parse_docker_time(ofelia.get("started_at"))
+        app_created = parse_docker_time(app_svc.get("created"))
+        stale = bool(
+            ofelia.get("running")
+            and app_svc.get("running")
+            and ofelia_started
+            and app_created
+            and ofelia_started < app_created
+        )
+        cron_last = db.get("cron_last") if db.get("reachable") else None
+        facts["cron"] = {
+            "checked": True,
+            "ofelia_present": bool(ofelia.get("present")),
+            "ofelia_running": bool(ofelia.get("running")),
+            "ofelia_started_at": ofelia.get("started_at"),
+            "app_created_at": app_svc.get("created"),
+            "ofelia_stale": stale,
+            "last_run": (cron_last or {}).get("end_time") or (cron_last or {}).get("start_time"),
+            "last_run_code": (cron_last or {}).get("code"),
+            "last_run_success": (cron_last or {}).get("is_success"),
+            "last_run_age_s": None
+            if not cron_last or cron_last.get("age_s") is None
+            else round(float(cron_last["age_s"]), 1),
+        }
+
+    # -- Orphan job containers -----------------------------------------------------------------------------------------
+    if discovery is not None:
+        worker_running = bool(facts["worker"]["replicas_running"] or facts["worker"]["hand_started_running"])
+        statuses = db.get("job_statuses") if db.get("reachable") and db.get("tables_present") else None
+        facts["job_containers"] = job_containers
+        facts["orphan_job_containers"] = (
+            [] if "orphans" in skip else stack.orphan_jobs(job_containers, statuses, worker_running)
+        )
+    db.pop("job_statuses", None)
+    db.pop("cron_last", None)
+
+    facts["duration_s"] = round(time.monotonic() - started, 3)
+    found = problems_mod.detect_problems(facts)
+    return {
+        "facts": redactor.value(facts),
+        "problems": redactor.value(found),
+        "sync_ready": problems_mod.sync_ready(found),
+    }

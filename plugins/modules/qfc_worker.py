@@ -1,0 +1,364 @@
+#!/usr/bin/python
+# Copyright (c) 2025, fibreflow
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: qfc_worker
+short_description: Enforce the QFieldCloud worker's configuration without losing a job
+version_added: 0.1.0
+description:
+  - Makes the QFieldCloud job processor (the C(worker_wrapper) service) run as it must for sync to work,
+    and keeps it so.
+  - "Enforced per replica: running as root (hardening such as C(cap_drop), C(no-new-privileges) or C(read_only)
+    that keeps the socket usable is not drift), attached to the project network, no published ports, the
+    C(manage.py dequeue) command without a debugger, C(POSTGRES_HOST) reaching the app's database,
+    C(/var/run/docker.sock) mounted read-write, C(restart: unless-stopped), the built worker image, running;
+    plus the wanted number of replicas."
+  - "Compose mode: the module owns one override file in the project directory
+    (C(docker-compose.override.fibreflow-worker.yml) by default) whose first lines say it is managed by this
+    collection. It sets the settings above with the C(!override) and C(!reset) tags of compose (C(ports: !reset [])
+    removes ports that earlier files publish), and C(scale) so that a later plain C(docker compose up -d) keeps the
+    replica count. The module keeps that file the last entry of C(COMPOSE_FILE) in C(.env) (backup of C(.env)
+    when it changes, the file mode kept, every other byte of the file unchanged) and applies with
+    C(docker compose --project-directory DIR up -d --no-deps --scale SERVICE=N SERVICE). It never patches a compose
+    container directly and never uses C(--dry-run). A person's later C(docker compose up -d) changes nothing."
+  - "Standalone mode: manages workers started by hand (C(docker run --name qfieldcloud-worker ...)) through the
+    Docker API with the same rules: replica 1 is named O(container_name), further replicas
+    O(container_name)-2, -3 and so on."
+  - "No job is lost: before stopping, recreating or removing a replica the module waits, at most O(drain_timeout)
+    seconds, until that replica has no job C(queued) or C(started). The job a replica may be running is the one of
+    the last C(Dequeued job <id>, run!) line of its current process's log; the replica is busy while that job is
+    C(queued) or C(started) in the database (or, when the database cannot be read, while a QGIS job container
+    labelled with that C(job_id) runs). If the time runs out the module fails and changes nothing. Stops use the
+    service's grace period, and the worker finishes the job it holds when it receives SIGTERM."
+  - Concurrent runs for one compose project on one host serialise on an C(fcntl) lock file under C(/run/lock);
+    a second run waits up to O(lock_timeout) seconds, then fails. Files are written atomically (temporary file in
+    the same directory, fsync, rename), so a run killed midway leaves C(.env) and the override whole and the next
+    run converges.
+  - In check mode nothing is written, created, stopped or removed (not even the lock's project directory), yet
+    C(changed), C(drift), C(actions) and C(diff) say exactly what a real run would do.
+  - A missing worker image fails the task with the problem code C(worker_image_missing) and the exact build
+    command (in check mode it is reported only). Building is the job of the C(fibreflow.qfieldcloud.worker) role.
+author:
+  - fibreflow
+requirements:
+  - docker (Python SDK) >= 5.0
+  - the docker CLI with the compose v2 plugin (compose mode)
+  - psycopg2 (optional; without it the drain uses the Docker-only rule)
+attributes:
+  check_mode:
+    description: Can run in check mode and return changed status prediction without modifying target.
+    support: full
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
+    support: full
+  idempotent:
+    description: When run twice in a row outside check mode, with the same arguments, the second invocation
+      indicates no change.
+    support: full
+options:
+  project_dir:
+    description:
+      - The compose project directory (holding C(docker-compose.yml) and C(.env)).
+      - Required in compose mode. When the directory does not exist the module fails naming this option and
+        changes nothing.
+    type: path
+  project_name:
+    description:
+      - The compose project name. Defaults to C(COMPOSE_PROJECT_NAME) of C(.env), then the directory name, then
+        C(qfieldcloud).
+    type: str
+  service:
+    description: The worker service of the compose project.
+    type: str
+    default: worker_wrapper
+  mode:
+    description:
+      - V(compose) manages the compose service through an override file and C(docker compose).
+      - V(standalone) manages hand-started containers through the Docker API.
+      - V(auto) picks V(compose) when O(project_dir) holds a compose project, else V(standalone).
+    type: str
+    choices: [auto, compose, standalone]
+    default: auto
+  state:
+    description:
+      - V(started) makes O(replicas) compliant replicas run.
+      - V(stopped) writes the configuration and stops the replicas (after draining them).
+      - V(restarted) converges, then restarts the replicas (after draining them); always reports a change.
+      - V(absent) removes the standalone worker containers (O(mode=standalone) only; use O(replicas=0) for the
+        compose service).
+    type: str
+    choices: [started, stopped, restarted, absent]
+    default: started
+  replicas:
+    description:
+      - Number of worker replicas, an integer from 0 to 32.
+      - Defaults to C(QFIELDCLOUD_WORKER_REPLICAS) of C(.env), else 1.
+    type: int
+  db_host:
+    description:
+      - The C(POSTGRES_HOST) the worker must use.
+      - Defaults to C(POSTGRES_HOST) of the app container (the host the app itself uses), else of C(.env), else
+        C(db). The module fails naming this option when the host is neither a service or container on the
+        project network nor a name the Docker host resolves.
+    type: str
+  network:
+    description:
+      - The network the worker must be on (the one C(db) and C(app) are on).
+      - Defaults to C(QFIELDCLOUD_DEFAULT_NETWORK) of C(.env), else C(<project>_default).
+    type: str
+  override_file:
+    description: Name of the override file the module owns inside O(project_dir).
+    type: str
+    default: docker-compose.override.fibreflow-worker.yml
+  command:
+    description:
+      - The dequeue command as a list of words.
+      - Defaults to the worker's command of the first compose file when it runs C(dequeue) without a debugger,
+        else C(python manage.py dequeue).
+    type: list
+    elements: str
+  image:
+    description:
+      - The worker image. Defaults to the image compose builds for the service (C(<project>-worker_wrapper)).
+    type: str
+  container_name:
+    description:
+      - Name of the (first) standalone worker container, also the name of a hand-started worker that runs beside
+        the compose service.
+    type: str
+    default: qfieldcloud-worker
+  remove_hand_started:
+    description:
+      - In compose mode, remove (after draining) workers started by hand beside the compose service. They are
+        reported in RV(hand_started) and a warning either way.
+    type: bool
+    default: false
+  drain_timeout:
+    description: Seconds to wait for a replica's job in flight to finish before stopping or replacing it.
+    type: int
+    default: 900
+  lock_timeout:
+    description: Seconds to wait for another run on the same project to finish.
+    type: int
+    default: 300
+  backup:
+    description: Keep a timestamped copy of C(.env) (C(.env.<time>.bak), same mode) before changing it.
+    type: bool
+    default: true
+  docker_host:
+    description:
+      - The Docker daemon, for example C(unix:///var/run/docker.sock) or C(tcp://127.0.0.1:2375).
+      - Defaults to the E(DOCKER_HOST) environment variable, else the local socket.
+    type: str
+  timeout:
+    description: Seconds for one Docker API or compose call (stops additionally get the grace period).
+    type: int
+    default: 60
+notes:
+  - Runs on the Docker host (the Ansible target).
+  - "When O(project_dir) is not where the project is (missing directory, no compose file, a compose syntax error,
+    an unknown O(service)), the module fails with a message naming the option and leaves every file and container
+    as it was."
+seealso:
+  - module: fibreflow.qfieldcloud.qfc_sync_facts
+"""
+
+EXAMPLES = r"""
+- name: Make the worker of a default install run as it must
+  fibreflow.qfieldcloud.qfc_worker:
+    project_dir: /opt/qfieldcloud
+
+- name: Show what would change, without changing anything
+  fibreflow.qfieldcloud.qfc_worker:
+    project_dir: /opt/qfieldcloud
+  check_mode: true
+  diff: true
+  register: worker
+
+- name: Fail the play when the worker drifted (for a scheduled drift report)
+  ansible.builtin.assert:
+    that: worker.drift | length == 0
+    fail_msg: "{{ worker.drift | map(attribute='code') | unique | join(', ') }}"
+
+- name: Three replicas, the database on an external host
+  fibreflow.qfieldcloud.qfc_worker:
+    project_dir: /opt/qfieldcloud
+    replicas: 3
+    db_host: pg.internal.example.org
+
+- name: Remove the worker someone started by hand beside the compose one
+  fibreflow.qfieldcloud.qfc_worker:
+    project_dir: /opt/qfieldcloud
+    remove_hand_started: true
+
+- name: Manage a hand-started worker container (no compose project)
+  fibreflow.qfieldcloud.qfc_worker:
+    mode: standalone
+    project_name: qfieldcloud
+    container_name: qfieldcloud-worker
+    image: qfieldcloud-worker_wrapper
+"""
+
+RETURN = r"""
+drift:
+  description:
+    - What differs from the required state, one item per replica and field. C(code) is a problem code of the
+      catalogue shared with M(fibreflow.qfieldcloud.qfc_sync_facts) (for example C(worker_socket_denied),
+      C(worker_port_published), C(worker_replicas_low)); C(worker_config_not_persistent) means the override file or
+      C(COMPOSE_FILE) does not yet hold the configuration.
+    - C(replica) is the container name, or null for project-wide items (replica count, override file, image).
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {replica: qfieldcloud-worker_wrapper-1, field: user, expected: root, actual: "10001", code: worker_socket_denied}
+actions:
+  description: The actions taken, or in check mode the actions a real run would take.
+  returned: always
+  type: list
+  elements: str
+  sample: ["write /opt/qfieldcloud/docker-compose.override.fibreflow-worker.yml",
+           "recreate qfieldcloud-worker_wrapper-1 (after drain)"]
+diff:
+  description: Before and after of the override file, the C(COMPOSE_FILE) line and the worker containers' fields.
+  returned: always
+  type: list
+  elements: dict
+mode:
+  description: The mode used (V(compose) or V(standalone)).
+  returned: success
+  type: str
+project_name:
+  description: The compose project name.
+  returned: success
+  type: str
+replicas:
+  description: The wanted number of replicas.
+  returned: success
+  type: int
+db_host:
+  description: The C(POSTGRES_HOST) enforced.
+  returned: success
+  type: str
+network:
+  description: The network enforced.
+  returned: success
+  type: str
+image:
+  description: The worker image.
+  returned: success
+  type: str
+override_file:
+  description: Path of the owned override file.
+  returned: compose mode
+  type: str
+compose_file:
+  description: The C(COMPOSE_FILE) value enforced.
+  returned: compose mode
+  type: str
+backup_file:
+  description: Path of the copy of C(.env) made before changing it.
+  returned: when .env changed and O(backup=true)
+  type: str
+hand_started:
+  description: Names of workers started by hand beside the compose service.
+  returned: compose mode
+  type: list
+  elements: str
+image_missing:
+  description: True when the worker image does not exist.
+  returned: when the image is missing
+  type: bool
+build_command:
+  description: The command that builds the missing worker image.
+  returned: when the image is missing
+  type: str
+  sample: docker compose --project-directory /opt/qfieldcloud build worker_wrapper
+code:
+  description: The problem code of a failure (C(worker_image_missing), C(drain_timeout)).
+  returned: on some failures
+  type: str
+option:
+  description: The option a failure concerns.
+  returned: on failure caused by an option's value
+  type: str
+drain_waited_s:
+  description: Seconds spent waiting for jobs in flight.
+  returned: when replicas were drained
+  type: float
+lock_waited_s:
+  description: Seconds spent waiting for another run's lock.
+  returned: success
+  type: float
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_enforce
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "project_dir": {"type": "path"},
+            "project_name": {"type": "str"},
+            "service": {"type": "str", "default": "worker_wrapper"},
+            "mode": {"type": "str", "default": "auto", "choices": ["auto", "compose", "standalone"]},
+            "state": {"type": "str", "default": "started", "choices": ["started", "stopped", "restarted", "absent"]},
+            "replicas": {"type": "int"},
+            "db_host": {"type": "str"},
+            "network": {"type": "str"},
+            "override_file": {"type": "str", "default": "docker-compose.override.fibreflow-worker.yml"},
+            "command": {"type": "list", "elements": "str"},
+            "image": {"type": "str"},
+            "container_name": {"type": "str", "default": "qfieldcloud-worker"},
+            "remove_hand_started": {"type": "bool", "default": False},
+            "drain_timeout": {"type": "int", "default": 900},
+            "lock_timeout": {"type": "int", "default": 300},
+            "backup": {"type": "bool", "default": True},
+            "docker_host": {"type": "str"},
+            "timeout": {"type": "int", "default": 60},
+        },
+        supports_check_mode=True,
+    )
+    if not worker_enforce.HAS_DOCKER:
+        module.fail_json(
+            msg=missing_required_lib("docker"),
+            exception=worker_enforce.DOCKER_IMPORT_TRACEBACK,
+        )
+    for option in ("drain_timeout", "lock_timeout", "timeout"):
+        if module.params[option] < 0:
+            module.fail_json(msg=f"{option}: expected a number of seconds >= 0, got {module.params[option]}")
+    if module.params["replicas"] is not None:
+        try:
+            worker_enforce.validate_replicas(module.params["replicas"], "the replicas option")
+        except worker_enforce.WorkerError as exc:
+            module.fail_json(msg=str(exc), option=exc.option)
+
+    run = worker_enforce.WorkerRun(module.params, check_mode=module.check_mode)
+    try:
+        result = run.run()
+    except worker_enforce.WorkerError as exc:
+        failure = run.result()
+        failure.pop("changed", None)
+        for warning in failure.pop("warnings", []):
+            module.warn(warning)
+        failure.update(exc.details)
+        failure["option"] = exc.option
+        if exc.code:
+            failure["code"] = exc.code
+        failure = run.redactor.value(failure)
+        module.fail_json(msg=run.redactor.text(str(exc)), **failure)
+    warnings = result.pop("warnings", [])
+    for warning in warnings:
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
