@@ -6,10 +6,10 @@ import os
 import uuid
 
 import pytest
-
 from standin import Stack
 
-SHARED_NAME = os.environ.get("FIBREFLOW_SHARED_STACK", "ffshared")
+# One shared stack per pytest session; the pid keeps concurrent sessions on one engine apart.
+SHARED_NAME = os.environ.get("FIBREFLOW_SHARED_STACK", f"ffshared{os.getpid()}")
 
 
 @pytest.fixture(scope="session")

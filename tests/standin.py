@@ -13,12 +13,17 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "harness" / "standin"
-SECRET_KEYS = ("POSTGRES_PASSWORD", "SECRET_KEY", "STORAGE_ACCESS_KEY_ID", "STORAGE_SECRET_ACCESS_KEY",
-               "EMAIL_HOST_PASSWORD")
+SECRET_KEYS = (
+    "POSTGRES_PASSWORD",
+    "SECRET_KEY",
+    "STORAGE_ACCESS_KEY_ID",
+    "STORAGE_SECRET_ACCESS_KEY",
+    "EMAIL_HOST_PASSWORD",
+)
 
 
 def standin(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(STANDIN), *args], text=True, capture_output=True)
+    res = subprocess.run([str(STANDIN), *args], text=True, check=False, capture_output=True)
     if check and res.returncode != 0:
         raise RuntimeError(f"standin {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
     return res
@@ -26,12 +31,20 @@ def standin(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def read_env(path: Path) -> dict:
     env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#") and "=" in line:
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             env[key.strip()] = value.strip().strip("'\"")
     return env
+
+
+def _json_or_text(raw: bytes):
+    """The body as JSON, or {"text": ...} when it is not JSON (nginx error pages)."""
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return {"text": raw.decode(errors="replace")}
 
 
 class Stack:
@@ -42,7 +55,7 @@ class Stack:
         self.dir = directory or REPO / "tests" / "output" / "standin" / name
 
     # -- lifecycle -------------------------------------------------------------
-    def up(self, legacy: bool = False, replicas: int = 1) -> "Stack":
+    def up(self, legacy: bool = False, replicas: int = 1) -> Stack:
         args = ["up", "--name", self.name, "--dir", str(self.dir), "--replicas", str(replicas)]
         standin(*args, *(["--legacy"] if legacy else []))
         return self
@@ -71,15 +84,27 @@ class Stack:
 
     # -- docker ----------------------------------------------------------------
     def compose(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        res = subprocess.run(["docker", "compose", *args], cwd=self.dir, text=True, capture_output=True)
+        res = subprocess.run(["docker", "compose", *args], cwd=self.dir, text=True, check=False, capture_output=True)
         if check and res.returncode != 0:
             raise RuntimeError(f"docker compose {' '.join(args)} failed:\n{res.stderr}")
         return res
 
     def containers(self, service: str, all_: bool = True) -> list[str]:
         """Full ids of the service's containers (running only when all_ is false)."""
-        cmd = ["docker", "ps", "-q", "--no-trunc", "--filter", f"label=com.docker.compose.project={self.name}",
-               "--filter", f"label=com.docker.compose.service={service}"]
+        cmd = [
+            "docker",
+            "ps",
+            "-q",
+            "--no-trunc",
+            "--filter",
+            f"label=com.docker.compose.project={self.name}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+            # compose labels its images too: a container started by hand from a compose-built image carries
+            # the project and service labels, but only compose's own containers have a config hash.
+            "--filter",
+            "label=com.docker.compose.config-hash",
+        ]
         if all_:
             cmd.insert(2, "-a")
         return sorted(subprocess.run(cmd, text=True, capture_output=True, check=True).stdout.split())
@@ -88,7 +113,9 @@ class Stack:
         ids = self.containers(service)
         out = []
         for cid in ids:
-            res = subprocess.run(["docker", "logs", "--tail", str(tail), cid], text=True, capture_output=True)
+            res = subprocess.run(
+                ["docker", "logs", "--tail", str(tail), cid], text=True, check=False, capture_output=True
+            )
             out.append(res.stdout + res.stderr)
         return "\n".join(out)
 
@@ -108,18 +135,25 @@ class Stack:
         headers = {"Host": v["qfieldcloud_host_header"], "Content-Type": "application/json"}
         if token:
             headers["Authorization"] = f"Token {token}"
-        req = urllib.request.Request(v["qfieldcloud_app_url"] + path, method=method, headers=headers,
-                                     data=json.dumps(data).encode() if data is not None else None)
+        req = urllib.request.Request(
+            v["qfieldcloud_app_url"] + path,
+            method=method,
+            headers=headers,
+            data=json.dumps(data).encode() if data is not None else None,
+        )
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+                return resp.status, _json_or_text(resp.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, _json_or_text(exc.read())
 
     def token(self) -> str:
         v = self.vars
-        code, body = self.http("POST", "/api/v1/auth/login/", {"username": v["qfieldcloud_probe_username"],
-                                                                "password": v["qfieldcloud_probe_password"]})
+        code, body = self.http(
+            "POST",
+            "/api/v1/auth/login/",
+            {"username": v["qfieldcloud_probe_username"], "password": v["qfieldcloud_probe_password"]},
+        )
         assert code == 200, body
         return body["token"]
 

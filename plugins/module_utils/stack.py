@@ -46,6 +46,7 @@ COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
 COMPOSE_NUMBER = "com.docker.compose.container-number"
 COMPOSE_ONEOFF = "com.docker.compose.oneoff"
+COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"
 EXPECTED_SERVICES = ("app", "db", "memcached", "nginx", "ofelia", WORKER_SERVICE)
 QGIS_SERVICES = ("qgis3", "qgis4", "qgis")
 
@@ -86,6 +87,16 @@ def _networks_of_list_entry(entry: dict[str, Any]) -> list[str]:
     return sorted(((entry.get("NetworkSettings") or {}).get("Networks") or {}).keys())
 
 
+def is_compose_container(labels: dict[str, Any]) -> bool:
+    """Whether compose created the container.
+
+    Images built by compose carry ``com.docker.compose.project``/``.service`` labels, and a container
+    started by hand from such an image inherits them; only compose sets the container number and the
+    config hash.
+    """
+    return COMPOSE_PROJECT in labels and (COMPOSE_NUMBER in labels or COMPOSE_CONFIG_HASH in labels)
+
+
 def worker_name_patterns(project: str) -> list[str]:
     """Container-name patterns of hand-started workers (``docker run --name qfieldcloud-worker ...``)."""
     patterns = [f"{project}-worker*", f"{project}_worker*"]
@@ -119,13 +130,15 @@ def classify_containers(
         name = _name(entry)
         nets = _networks_of_list_entry(entry)
         on_network = network in nets
-        if labels.get(COMPOSE_PROJECT) == project:
+        if is_compose_container(labels):
+            if labels.get(COMPOSE_PROJECT) != project:
+                continue  # another compose project
             if labels.get(COMPOSE_ONEOFF) == "True":
                 continue  # `docker compose run` one-off containers are not services
             result["project"].setdefault(labels.get(COMPOSE_SERVICE) or "", []).append(entry)
             continue
-        if COMPOSE_PROJECT in labels:
-            continue  # another compose project
+        if labels.get(COMPOSE_PROJECT) not in (None, project):
+            continue  # started by hand from another project's image
         image = normalise_image_ref(entry.get("Image"))
         our_image = image in images or (entry.get("ImageID") in image_ids)
         if "job_id" in labels and str(labels.get("app", "")).endswith("_worker"):
@@ -159,7 +172,7 @@ def container_facts(inspect: dict[str, Any], network: str | None = None) -> dict
         "id": str(inspect.get("Id") or "")[:12],
         "service": labels.get(COMPOSE_SERVICE),
         "number": int(number) if str(number or "").isdigit() else None,
-        "compose": COMPOSE_PROJECT in labels,
+        "compose": is_compose_container(labels),
         "state": state.get("Status"),
         "running": bool(state.get("Running")) and not state.get("Restarting"),
         "restarting": bool(state.get("Restarting")),

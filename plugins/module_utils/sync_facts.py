@@ -269,6 +269,8 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
     job_containers = (discovery or {}).get("job_containers") or []
     if "db" in skip:
         facts["database"] = {"checked": False}
+    elif discovery is None and not opts.get("db_host"):
+        facts["database"] = {"checked": False, "error": "the Docker daemon is unreachable and no db_host was given"}
     else:
         sources = [app_env, worker_env, dotenv, envs.get("hand_started") or {}]
         params, info = _db_params(opts, sources, containers, network)

@@ -25,6 +25,7 @@ from typing import Any
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose as compose_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack as stack_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as spec
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor
 
@@ -56,6 +57,7 @@ LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
 LABEL_NUMBER = "com.docker.compose.container-number"
 LABEL_HASH = "com.docker.compose.config-hash"
+LABEL_ONEOFF = "com.docker.compose.oneoff"
 LABEL_MANAGED = "fibreflow.qfieldcloud.managed-by"
 LABEL_SPEC = "fibreflow.qfieldcloud.spec-hash"
 MANAGED_BY = "qfc_worker"
@@ -106,61 +108,31 @@ def _env_dict(env_list: list[str] | None) -> dict[str, str]:
     return result
 
 
-def _published_ports(attrs: dict[str, Any]) -> list[str]:
-    ports: list[str] = []
-    seen = set()
-    live = (attrs.get("NetworkSettings") or {}).get("Ports") or {}
-    configured = (attrs.get("HostConfig") or {}).get("PortBindings") or {}
-    for source in (live, configured):
-        for container_port, bindings in source.items():
-            for binding in bindings or []:
-                host_ip = binding.get("HostIp") or "0.0.0.0"
-                host_port = binding.get("HostPort") or ""
-                text = f"{host_ip}:{host_port}->{container_port}"
-                key = (host_port, container_port)
-                if host_port and key not in seen:
-                    seen.add(key)
-                    ports.append(text)
-    return sorted(ports)
-
-
 def replica_from_inspect(attrs: dict[str, Any], image_user: str | None = None) -> dict[str, Any]:
-    """Return the plain replica dict of :mod:`worker_spec` for a container's inspect data."""
+    """Return the replica dict of :mod:`worker_spec` for a container's inspect data.
+
+    The effective configuration comes from :func:`stack.replica_facts` (the same facts ``qfc_sync_facts``
+    reports); this adds what enforcing needs: the full id, compose's configuration hash and container
+    number, this module's own labels and the project named in the container's environment.
+    """
     config = attrs.get("Config") or {}
-    state = attrs.get("State") or {}
-    host = attrs.get("HostConfig") or {}
     labels = config.get("Labels") or {}
     env = _env_dict(config.get("Env"))
-    mount = {"present": False, "rw": False, "source": None}
-    for item in attrs.get("Mounts") or []:
-        if item.get("Destination") == spec.DOCKER_SOCKET:
-            mount = {"present": True, "rw": bool(item.get("RW")), "source": item.get("Source")}
-    command = list(config.get("Entrypoint") or []) + list(config.get("Cmd") or [])
-    return {
-        "id": attrs.get("Id"),
-        "name": (attrs.get("Name") or "").lstrip("/"),
-        "user": config.get("User") or "",
-        "image_user": image_user,
-        "networks": sorted(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys()),
-        "published_ports": _published_ports(attrs),
-        "postgres_host": env.get("POSTGRES_HOST"),
-        "socket_mount": mount,
-        "command": command,
-        "cmd": list(config.get("Cmd") or []),
-        "image": config.get("Image"),
-        "image_id": attrs.get("Image"),
-        "restart_policy": (host.get("RestartPolicy") or {}).get("Name") or "no",
-        "running": bool(state.get("Running")) and not state.get("Restarting"),
-        "status": state.get("Status"),
-        "started_at": state.get("StartedAt"),
-        "restart_count": attrs.get("RestartCount", 0),
-        "config_hash": labels.get(LABEL_HASH),
-        "number": int(labels.get(LABEL_NUMBER) or 0),
-        "compose_project": labels.get(LABEL_PROJECT),
-        "managed_by": labels.get(LABEL_MANAGED),
-        "spec_hash": labels.get(LABEL_SPEC),
-        "env_project": env.get("COMPOSE_PROJECT_NAME"),
-    }
+    replica = stack_mod.replica_facts(attrs, None, image_user)
+    replica.update(
+        {
+            "id": attrs.get("Id"),
+            "cmd": list(config.get("Cmd") or []),
+            "status": (attrs.get("State") or {}).get("Status"),
+            "config_hash": labels.get(LABEL_HASH),
+            "number": int(labels.get(LABEL_NUMBER) or 0),
+            "compose_project": labels.get(LABEL_PROJECT),
+            "managed_by": labels.get(LABEL_MANAGED),
+            "spec_hash": labels.get(LABEL_SPEC),
+            "env_project": env.get("COMPOSE_PROJECT_NAME"),
+        }
+    )
+    return replica
 
 
 class Engine:
@@ -202,12 +174,18 @@ class Engine:
         return sorted(found, key=lambda item: (item["number"], item["name"]))
 
     def service_replicas(self, project: str, service: str) -> list[dict[str, Any]]:
-        """Return the compose containers of ``project``/``service``."""
-        return self.replicas({"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_SERVICE}={service}"]})
+        """Return the compose containers of ``project``/``service``.
+
+        Images built by compose carry the project and service labels too, so a container started by hand
+        from the worker image has them: only containers with a container number (set by compose on the
+        containers it creates) and not one-off (``docker compose run``) count.
+        """
+        labels = [f"{LABEL_PROJECT}={project}", f"{LABEL_SERVICE}={service}", LABEL_NUMBER, f"{LABEL_ONEOFF}=False"]
+        return self.replicas({"label": labels})
 
     def service_env(self, project: str, service: str) -> dict[str, str] | None:
         """Return the environment of the first container of ``project``/``service`` (``app``), or ``None``."""
-        filters = {"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_SERVICE}={service}"]}
+        filters = {"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_SERVICE}={service}", LABEL_NUMBER]}
         for summary in self.api.containers(all=True, filters=filters):
             attrs = self.inspect(summary["Id"])
             if attrs:
@@ -751,6 +729,9 @@ class WorkerRun:
         # Apply: drain first (nothing changes if it times out), then files, then compose.
         db = self._db_settings(engine, project, network, app_env)
         to_stop = list(recreate) + list(excess) + list(remove_hand)
+        if excess and recreate:
+            # compose removes out-of-date containers first when scaling down: any replica may go.
+            to_stop = list(replicas_now) + list(remove_hand)
         if not want_running or state == "restarted":
             to_stop = list(replicas_now) + list(remove_hand)
         self._drain(engine, to_stop, db)
@@ -830,7 +811,7 @@ class WorkerRun:
         found = []
         for summary in engine.api.containers(all=True):
             labels = summary.get("Labels") or {}
-            if labels.get(LABEL_PROJECT):
+            if labels.get(LABEL_NUMBER):
                 continue
             names = [n.lstrip("/") for n in summary.get("Names") or []]
             by_name = name in names
@@ -878,7 +859,7 @@ class WorkerRun:
         for summary in engine.api.containers(all=True):
             names = [n.lstrip("/") for n in summary.get("Names") or []]
             match = next((pattern.match(n) for n in names if pattern.match(n)), None)
-            if match and not (summary.get("Labels") or {}).get(LABEL_PROJECT):
+            if match and not (summary.get("Labels") or {}).get(LABEL_NUMBER):
                 attrs = engine.inspect(summary["Id"])
                 if attrs:
                     replica = replica_from_inspect(attrs)

@@ -33,25 +33,41 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
     The result carries `failed`, `changed`, `msg` and the module's own keys, plus `_stdout`
     (the raw output, for secret scans) and `_rc`.
     """
-    cmd = [str(VENV_BIN / "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", module,
-           "-a", json.dumps(args)]
+    cmd = [
+        str(VENV_BIN / "ansible"),
+        "localhost",
+        "-c",
+        "local",
+        "-i",
+        "localhost,",
+        "-m",
+        module,
+        "-a",
+        json.dumps(args),
+    ]
     if check:
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
     env = ansible_env({"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"})
-    res = subprocess.run(cmd, cwd=REPO, env=env, text=True, capture_output=True, timeout=timeout)
+    res = subprocess.run(cmd, cwd=REPO, env=env, text=True, check=False, capture_output=True, timeout=timeout)
     try:
         doc = json.loads(res.stdout)
         result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
     except (ValueError, KeyError, IndexError) as exc:
-        raise RuntimeError(f"could not read the result of {module} (rc {res.returncode}):\n{res.stdout}\n{res.stderr}") from exc
+        raise RuntimeError(
+            f"could not read the result of {module} (rc {res.returncode}):\n{res.stdout}\n{res.stderr}"
+        ) from exc
     result["_stdout"] = res.stdout + res.stderr
     result["_rc"] = res.returncode
     return result
 
 
-def run_playbook(playbook: str, *args: str, extra_env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_playbook(
+    playbook: str, *args: str, extra_env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run a playbook of the checkout; returns the completed process (stdout, stderr, returncode)."""
     cmd = [str(VENV_BIN / "ansible-playbook"), playbook, *args]
-    return subprocess.run(cmd, cwd=REPO, env=ansible_env(extra_env), text=True, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env=ansible_env(extra_env), text=True, check=False, capture_output=True, timeout=timeout
+    )

@@ -7,6 +7,7 @@ is not picked up again until ofelia itself restarts: its jobs then fail with "No
 
 import datetime
 import re
+import signal
 import socket
 import sys
 import time
@@ -26,11 +27,14 @@ def every_seconds(schedule: str) -> float:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1: exit at once on docker stop
     client = docker.from_env()
     me = client.containers.get(socket.gethostname())
     project = me.labels.get("com.docker.compose.project")
     jobs = []
-    for c in client.containers.list(filters={"label": [f"com.docker.compose.project={project}", "ofelia.enabled=true"]}):
+    for c in client.containers.list(
+        filters={"label": [f"com.docker.compose.project={project}", "ofelia.enabled=true"]}
+    ):
         names = {k.split(".")[2] for k in c.labels if k.startswith("ofelia.job-exec.")}
         for name in sorted(names):
             prefix = f"ofelia.job-exec.{name}."
@@ -45,7 +49,8 @@ def main() -> int:
                 }
             )
     for job in jobs:
-        log(f'New job registered "{job["name"]}" - "{job["command"]}" - "@every {int(job["every"])}s" in {job["container_name"]}')
+        every = int(job["every"])
+        log(f'New job registered "{job["name"]}" - "{job["command"]}" - "@every {every}s" in {job["container_name"]}')
     if not jobs:
         log("No jobs found in the labels of running containers")
     while True:

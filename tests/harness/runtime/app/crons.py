@@ -10,12 +10,12 @@ CODE = "qfieldcloud.set_terminated_workers_to_final_status"
 
 def main(args) -> int:
     timeout = int(os.environ.get("QFIELDCLOUD_WORKER_TIMEOUT_S", "600")) + 10
-    start = datetime.datetime.now(datetime.timezone.utc)
+    start = datetime.datetime.now(datetime.UTC)
     conn = qfcdb.connect()
     with conn, conn.cursor() as cur:
         cur.execute(
             "UPDATE core_job SET status = 'failed', finished_at = now(), updated_at = now(),"
-            " feedback = '{\"error\": \"Worker terminated without finishing the job\"}'::jsonb"
+            ' feedback = \'{"error": "Worker terminated without finishing the job"}\'::jsonb'
             " WHERE status IN ('queued', 'started') AND started_at < now() - make_interval(secs => %s)"
             " RETURNING id",
             (timeout,),

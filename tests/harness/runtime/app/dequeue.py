@@ -18,19 +18,18 @@ import time
 import traceback
 
 import psycopg2
-
 import qfcdb
 
 POLL_S = float(os.environ.get("STANDIN_POLL_S", "5"))
 TIMEOUT_S = int(os.environ.get("QFIELDCLOUD_WORKER_TIMEOUT_S", "600"))
-_stop = False
+_state = {"stop": False}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record):
         return json.dumps(
             {
-                "ts": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                "ts": datetime.datetime.now(datetime.UTC).isoformat(),
                 "level": record.levelname,
                 "name": record.name,
                 "message": record.getMessage(),
@@ -48,8 +47,7 @@ log.setLevel(logging.INFO)
 
 
 def _on_sigterm(signum, frame):
-    global _stop
-    _stop = True
+    _state["stop"] = True
     log.info("Received SIGTERM, finishing the current job before exiting")
 
 
@@ -72,7 +70,10 @@ def qgis_image() -> str:
 
 
 def job_network() -> str:
-    return os.environ.get("QFIELDCLOUD_DEFAULT_NETWORK") or f"{os.environ.get('COMPOSE_PROJECT_NAME', 'qfieldcloud')}_default"
+    return (
+        os.environ.get("QFIELDCLOUD_DEFAULT_NETWORK")
+        or f"{os.environ.get('COMPOSE_PROJECT_NAME', 'qfieldcloud')}_default"
+    )
 
 
 def run_in_container(job_id, project_id, job_type, seconds: float) -> tuple[str, dict, str]:
@@ -130,7 +131,9 @@ def run_in_container(job_id, project_id, job_type, seconds: float) -> tuple[str,
 
 def run_job(conn, job_id, project_id, job_type, feedback) -> None:
     with conn, conn.cursor() as cur:
-        cur.execute("UPDATE core_job SET status = 'started', started_at = now(), updated_at = now() WHERE id = %s", (job_id,))
+        cur.execute(
+            "UPDATE core_job SET status = 'started', started_at = now(), updated_at = now() WHERE id = %s", (job_id,)
+        )
     seconds = float((feedback or {}).get("standin_seconds", os.environ.get("STANDIN_JOB_SECONDS", "1")))
     try:
         status, fb, output = run_in_container(job_id, project_id, job_type, seconds)
@@ -163,7 +166,7 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     log.info("Dequeue QFieldCloud Jobs from the DB")
     conn = qfcdb.connect()  # fails (and the container restarts) when the database is unreachable
-    while not _stop:
+    while not _state["stop"]:
         try:
             with conn, conn.cursor() as cur:
                 cur.execute("SELECT pg_is_in_recovery()")
@@ -182,7 +185,7 @@ def main(args) -> int:
             if conn.closed:
                 conn = qfcdb.connect()
         waited = 0.0
-        while waited < POLL_S and not _stop:
+        while waited < POLL_S and not _state["stop"]:
             time.sleep(0.5)
             waited += 0.5
     log.info("Dequeue stopped")

@@ -1,20 +1,21 @@
 """The stand-in's app: the API endpoints QField and the collection use, on port 8000."""
 
+import contextlib
 import email.parser
 import email.policy
 import json
 import os
 import re
 import secrets
+import signal
 import sys
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import psycopg2
-
 import migrations
+import psycopg2
 import qfcdb
 
 STATUS_CACHE_S = float(os.environ.get("STANDIN_STATUS_CACHE_S", "10"))
@@ -40,10 +41,8 @@ def db():
 def drop_db():
     conn = getattr(_local, "conn", None)
     if conn is not None:
-        try:
+        with contextlib.suppress(Exception):
             conn.close()
-        except Exception:
-            pass
     _local.conn = None
 
 
@@ -271,6 +270,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def main(args) -> int:
+    # PID 1 in the container: without a handler SIGTERM would be ignored until the stop timeout.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     host, _, port = (args[0] if args else "0.0.0.0:8000").rpartition(":")
     httpd = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
     httpd.daemon_threads = True

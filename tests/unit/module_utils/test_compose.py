@@ -1,0 +1,378 @@
+"""Unit tests of compose.py (override rendering, .env editing, atomic writes, the lock) and drain.py."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose, drain
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """A YAML loader that understands compose's !reset and !override tags."""
+
+
+def _tagged(loader, node):
+    if isinstance(node, yaml.SequenceNode):
+        return {"tag": node.tag, "value": loader.construct_sequence(node)}
+    if isinstance(node, yaml.MappingNode):
+        return {"tag": node.tag, "value": loader.construct_mapping(node)}
+    return {"tag": node.tag, "value": loader.construct_scalar(node)}
+
+
+_ComposeLoader.add_constructor("!reset", _tagged)
+_ComposeLoader.add_constructor("!override", _tagged)
+
+
+def load(text: str) -> dict:
+    return yaml.load(text, Loader=_ComposeLoader)
+
+
+# ---------------------------------------------------------------------------------------------
+# override rendering
+# ---------------------------------------------------------------------------------------------
+
+
+def test_override_sets_every_required_field():
+    text = compose.render_override("worker_wrapper", ["python", "manage.py", "dequeue"], "db", 2)
+    assert text.startswith(compose.HEADER)
+    svc = load(text)["services"]["worker_wrapper"]
+    assert svc["user"] == "root"
+    assert svc["command"] == {"tag": "!override", "value": ["python", "manage.py", "dequeue"]}
+    assert svc["ports"] == {"tag": "!reset", "value": []}
+    assert svc["networks"] == {"tag": "!override", "value": {"default": None}}
+    assert svc["environment"] == {"POSTGRES_HOST": "db"}
+    assert svc["volumes"] == ["/var/run/docker.sock:/var/run/docker.sock"]
+    assert svc["restart"] == "unless-stopped"
+    assert svc["scale"] == 2
+
+
+def test_override_is_deterministic():
+    args = ("worker_wrapper", ["python3", "manage.py", "dequeue"], "db", 1)
+    assert compose.render_override(*args) == compose.render_override(*args)
+
+
+def test_override_escapes_dollar_and_quotes():
+    text = compose.render_override("w", ["sh", "-c", 'echo "$HOME"'], "h$x", 1)
+    svc = load(text)["services"]["w"]
+    # compose turns $$ back into a literal $.
+    assert svc["environment"]["POSTGRES_HOST"] == "h$$x"
+    assert svc["command"]["value"] == ["sh", "-c", 'echo "$$HOME"']
+
+
+def test_override_external_network_is_declared():
+    text = compose.render_override("w", ["dequeue"], "db", 1, external_network="shared_net")
+    doc = load(text)
+    key = compose.EXTERNAL_NETWORK_KEY
+    assert doc["services"]["w"]["networks"]["value"] == {key: None}
+    assert doc["networks"][key] == {"name": "shared_net", "external": True}
+
+
+def test_network_key_for_project_default_and_named():
+    config = {"name": "qfc", "networks": {"default": {"name": "qfc_default"}, "isolated": {"name": "qfc_isolated"}}}
+    assert compose.network_key_for(config, "qfc_default") == "default"
+    assert compose.network_key_for(config, "qfc_isolated") == "isolated"
+    assert compose.network_key_for(config, "elsewhere") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# .env editing
+# ---------------------------------------------------------------------------------------------
+
+ENV_TEXT = (
+    "# QFieldCloud settings\n"
+    "COMPOSE_PROJECT_NAME=qfieldcloud\n"
+    "\n"
+    "  # indented comment with COMPOSE_FILE=nothing\n"
+    "SECRET_KEY='x=y # not a comment'\n"
+    "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml  # prod set\n"
+    'STORAGES="{\\"a\\": 1}"\n'
+    "QFIELDCLOUD_WORKER_REPLICAS=1"
+)
+
+
+def _other_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines(keepends=True) if not line.startswith("COMPOSE_FILE=")]
+
+
+def test_compose_file_appended_last_keeping_comment_and_other_lines():
+    new, old, value = compose.planned_env_text(ENV_TEXT, "/nonexistent", compose.OVERRIDE_FILE)
+    assert old == "docker-compose.yml:docker-compose.override.standalone.yml"
+    assert value == f"{old}:{compose.OVERRIDE_FILE}"
+    assert f"COMPOSE_FILE={value}  # prod set\n" in new
+    assert _other_lines(new) == _other_lines(ENV_TEXT)
+    # No newline was added at the end of the file.
+    assert new.endswith("QFIELDCLOUD_WORKER_REPLICAS=1")
+
+
+def test_compose_file_planning_is_idempotent():
+    once, _, _ = compose.planned_env_text(ENV_TEXT, "/nonexistent", compose.OVERRIDE_FILE)
+    twice, old, new = compose.planned_env_text(once, "/nonexistent", compose.OVERRIDE_FILE)
+    assert twice == once
+    assert old == new
+
+
+def test_override_moved_to_the_end():
+    text = f"COMPOSE_FILE=a.yml:{compose.OVERRIDE_FILE}:b.yml\n"
+    new, _, value = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    assert value == f"a.yml:b.yml:{compose.OVERRIDE_FILE}"
+    assert new == f"COMPOSE_FILE={value}\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('export COMPOSE_FILE="a.yml:b.yml"\n', 'export COMPOSE_FILE="a.yml:b.yml:{o}"\n'),
+        ("COMPOSE_FILE='a.yml'\r\n", "COMPOSE_FILE='a.yml:{o}'\r\n"),
+        ("  COMPOSE_FILE = a.yml\n", "  COMPOSE_FILE = a.yml:{o}\n"),
+        ('COMPOSE_FILE="a.yml" # quoted, then a comment\n', 'COMPOSE_FILE="a.yml:{o}" # quoted, then a comment\n'),
+    ],
+)
+def test_compose_file_line_keeps_its_shape(line, expected):
+    text = "A=1\n" + line + "B=2\n"
+    new, _, _ = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    assert new == "A=1\n" + expected.format(o=compose.OVERRIDE_FILE) + "B=2\n"
+
+
+def test_last_assignment_is_the_one_edited():
+    text = "COMPOSE_FILE=old.yml\nX=1\nCOMPOSE_FILE=a.yml\n"
+    new, old, _ = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    assert old == "a.yml"
+    assert new == f"COMPOSE_FILE=old.yml\nX=1\nCOMPOSE_FILE=a.yml:{compose.OVERRIDE_FILE}\n"
+
+
+def test_custom_path_separator():
+    text = "COMPOSE_PATH_SEPARATOR=;\nCOMPOSE_FILE=a.yml;b.yml\n"
+    _, _, value = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    assert value == f"a.yml;b.yml;{compose.OVERRIDE_FILE}"
+
+
+def test_missing_compose_file_uses_compose_defaults(tmp_path):
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    (tmp_path / "docker-compose.override.yml").write_text("services: {}\n")
+    new, old, value = compose.planned_env_text("A=1", str(tmp_path), compose.OVERRIDE_FILE)
+    assert old is None
+    assert value == f"docker-compose.yml:docker-compose.override.yml:{compose.OVERRIDE_FILE}"
+    assert new == f"A=1\nCOMPOSE_FILE={value}\n"
+
+
+def test_find_env_line_ignores_comments_and_other_keys():
+    text = "# COMPOSE_FILE=x\nCOMPOSE_FILES=y\n"
+    assert compose.find_env_line(text, "COMPOSE_FILE") is None
+
+
+# ---------------------------------------------------------------------------------------------
+# atomic write, backup
+# ---------------------------------------------------------------------------------------------
+
+
+def test_atomic_write_keeps_mode_and_leaves_no_temp_file(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("A=1\n")
+    os.chmod(path, 0o600)
+    compose.atomic_write(str(path), "A=2\n")
+    assert path.read_text() == "A=2\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
+
+
+def test_atomic_write_new_file_gets_given_mode(tmp_path):
+    path = tmp_path / "override.yml"
+    compose.atomic_write(str(path), "x: 1\n", mode=0o640)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    path = tmp_path / ".env"
+    path.write_text("A=1\n")
+
+    def boom(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(compose.os, "replace", boom)
+    with pytest.raises(OSError):
+        compose.atomic_write(str(path), "A=2\n")
+    assert path.read_text() == "A=1\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
+
+
+def test_backup_keeps_content_and_mode(tmp_path):
+    path = tmp_path / ".env"
+    path.write_text("A=1\n")
+    os.chmod(path, 0o600)
+    first = compose.backup_file(str(path))
+    second = compose.backup_file(str(path))
+    assert first != second
+    for copy in (first, second):
+        assert Path(copy).read_text() == "A=1\n"
+        assert stat.S_IMODE(os.stat(copy).st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------------------------------
+# lock
+# ---------------------------------------------------------------------------------------------
+
+
+def _hold_lock(path: str, seconds: float, ready) -> None:
+    with compose.ProjectLock(path, timeout=5):
+        ready.set()
+        time.sleep(seconds)
+
+
+def test_lock_times_out_while_another_process_holds_it(tmp_path):
+    path = str(tmp_path / "x.lock")
+    ready = multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_lock, args=(path, 3, ready))
+    holder.start()
+    try:
+        assert ready.wait(5)
+        with pytest.raises(compose.LockTimeout, match="lock_timeout"), compose.ProjectLock(path, timeout=0.5):
+            pass
+    finally:
+        holder.join()
+
+
+def test_lock_waits_for_release(tmp_path):
+    path = str(tmp_path / "x.lock")
+    ready = multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_lock, args=(path, 1, ready))
+    holder.start()
+    try:
+        assert ready.wait(5)
+        with compose.ProjectLock(path, timeout=10) as lock:
+            assert lock.waited > 0.3
+    finally:
+        holder.join()
+
+
+def test_lock_released_when_holder_dies(tmp_path):
+    path = str(tmp_path / "x.lock")
+    ready = multiprocessing.Event()
+    holder = multiprocessing.Process(target=_hold_lock, args=(path, 60, ready))
+    holder.start()
+    assert ready.wait(5)
+    holder.kill()
+    holder.join()
+    with compose.ProjectLock(path, timeout=2):
+        pass
+
+
+def test_lock_path_is_outside_the_project(tmp_path):
+    path = compose.lock_path("qfieldcloud", str(tmp_path))
+    assert not path.startswith(str(tmp_path))
+    assert compose.lock_path("qfieldcloud") == path
+    assert compose.lock_path("other") != path
+
+
+# ---------------------------------------------------------------------------------------------
+# compose CLI (argument vectors only; running compose is covered by the integration tests)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_cli_never_uses_dry_run_and_scales_the_service(monkeypatch):
+    cli = compose.ComposeCli("/srv/qfc")
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda *args, **_kw: seen.append(args) or "")
+    cli.up("worker_wrapper", 3)
+    assert seen == [
+        (
+            "up",
+            "-d",
+            "--no-deps",
+            "--no-build",
+            "--pull",
+            "never",
+            "--scale",
+            "worker_wrapper=3",
+            "worker_wrapper",
+        )
+    ]
+    assert "--dry-run" not in seen[0]
+    assert cli.command("config")[:4] == ["docker", "compose", "--project-directory", "/srv/qfc"]
+
+
+def test_cli_environment_drops_compose_file(monkeypatch):
+    monkeypatch.setenv("COMPOSE_FILE", "elsewhere.yml")
+    env = compose.ComposeCli("/srv/qfc", docker_host="tcp://h:2375")._env()
+    assert "COMPOSE_FILE" not in env
+    assert env["DOCKER_HOST"] == "tcp://h:2375"
+
+
+def test_build_command_is_exact():
+    cli = compose.ComposeCli("/srv/qfc")
+    assert cli.build_command("worker_wrapper") == "docker compose --project-directory /srv/qfc build worker_wrapper"
+
+
+# ---------------------------------------------------------------------------------------------
+# drain
+# ---------------------------------------------------------------------------------------------
+
+JOB_A = "0b5f2a52-3c1e-4a43-9d7e-5d8d6a0c1a01"
+JOB_B = "1c6e3b63-4d2f-4b54-8e8f-6e9e7b1d2b02"
+
+
+def test_last_dequeued_job_is_the_latest_line():
+    log = (
+        '{"message": "Dequeue QFieldCloud Jobs from the DB"}\n'
+        f'{{"message": "Dequeued job {JOB_A}, run!"}}\n'
+        f'{{"message": "Job {JOB_A} finished"}}\n'
+        f'{{"message": "Dequeued job {JOB_B.upper()}, run!"}}\n'
+    )
+    assert drain.last_dequeued_job(log) == JOB_B
+    assert drain.last_dequeued_job("Waiting for postgres...\n") is None
+
+
+def test_busy_by_database_status():
+    replicas = [
+        {"name": "w-1", "running": True, "last_job": JOB_A},
+        {"name": "w-2", "running": True, "last_job": JOB_B},
+        {"name": "w-3", "running": False, "last_job": JOB_A},
+        {"name": "w-4", "running": True, "last_job": None},
+    ]
+    statuses = {JOB_A: "started", JOB_B: "finished"}
+    assert drain.busy_replicas(replicas, statuses) == {"w-1": JOB_A}
+    assert drain.busy_replicas(replicas, {JOB_A: "queued"}) == {"w-1": JOB_A}
+
+
+def test_busy_falls_back_to_job_containers_without_database():
+    replicas = [
+        {"name": "w-1", "running": True, "last_job": JOB_A},
+        {"name": "w-2", "running": True, "last_job": JOB_B},
+    ]
+    assert drain.busy_replicas(replicas, None, {JOB_B}) == {"w-2": JOB_B}
+    assert drain.busy_replicas(replicas, None, set()) == {}
+
+
+def test_wait_until_idle_returns_when_jobs_end():
+    states = iter([{"w-1": JOB_A, "w-9": JOB_B}, {"w-1": JOB_A}, {}])
+    clock = iter(range(100))
+    busy, waited = drain.wait_until_idle(
+        ["w-1"], lambda: next(states), 30, sleep=lambda _s: None, clock=lambda: next(clock)
+    )
+    assert busy == {}
+    assert waited > 0
+
+
+def test_wait_until_idle_times_out_with_the_busy_replicas():
+    clock = iter(range(0, 1000, 5))
+    busy, waited = drain.wait_until_idle(
+        ["w-1"], lambda: {"w-1": JOB_A}, 12, sleep=lambda _s: None, clock=lambda: next(clock)
+    )
+    assert busy == {"w-1": JOB_A}
+    assert waited >= 12
+    message = drain.drain_message(busy, 12)
+    assert "drain_timeout=12" in message
+    assert JOB_A in message
+    assert "nothing was stopped" in message
+
+
+def test_replicas_not_draining_are_ignored():
+    busy, waited = drain.wait_until_idle(["w-2"], lambda: {"w-1": JOB_A}, 10)
+    assert busy == {}
+    assert waited < 1
