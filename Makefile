@@ -198,10 +198,10 @@ changelog-lint:
 	$(BIN)/antsibull-changelog lint
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
 
-# Until the roles exist: bring the stand-in QFieldCloud up and show its status.
+# The README's first command: a stand-in broken like the field guide, then diagnose, --check, repair, verify.
+# DEMO_KEEP=1 keeps the stand-in (named DEMO_NAME, default demo).
 demo: setup
-	tests/harness/standin up
-	tests/harness/standin status
+	scripts/demo.sh
 
 clean:
 	rm -rf $(OUTPUT)/build .pytest_cache .ruff_cache

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -492,6 +493,11 @@ class ComposeCli:
         """Stop every container of ``service`` with the service's grace period."""
         return self.run("stop", service, timeout=timeout)
 
+    def shell_command(self, *args: str) -> str:
+        """Return ``docker compose ARGS`` as a person types it (compose 2.26 resolves ``COMPOSE_FILE`` from
+        the current directory, so the command changes into the project directory first)."""
+        return f"cd {shlex.quote(self.project_dir)} && docker compose {' '.join(shlex.quote(a) for a in args)}"
+
     def build_command(self, service: str) -> str:
         """Return the command a person runs to build the service's image."""
-        return f"docker compose --project-directory {self.project_dir} build {service}"
+        return self.shell_command("build", service)

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 DEQUEUED_RE = re.compile(r"Dequeued job ([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})")
 IN_FLIGHT = ("queued", "started")
+DEQUEUE_BANNER = "Dequeue QFieldCloud Jobs"
 LOG_TAIL = 2000
 
 
@@ -36,6 +37,18 @@ def last_dequeued_job(log_text: str) -> str | None:
     """Return the id of the last job a worker log says it dequeued, or ``None``."""
     found = DEQUEUED_RE.findall(log_text or "")
     return found[-1].lower() if found else None
+
+
+def never_reached_database(log_text: str) -> bool:
+    """Tell whether a worker process is still in the entrypoint's wait for an unreachable database.
+
+    True when its log says ``Postgres isn't ready`` but neither ``Postgres is ready`` nor the dequeue banner:
+    the dequeue loop has not started, and when the wait ends it cannot claim a job from a database it
+    cannot reach. Such a process holds no job, so it may be stopped without its grace period (the
+    entrypoint's wait ignores SIGTERM and would otherwise delay a repair by up to 30 s).
+    """
+    text = log_text or ""
+    return "Postgres isn't ready" in text and "Postgres is ready" not in text and DEQUEUE_BANNER not in text
 
 
 def busy_replicas(

@@ -105,7 +105,7 @@ def parse_env(text: str) -> dict[str, str]:
             continue
         if stripped.startswith("export ") or stripped.startswith("export\t"):
             stripped = stripped[len("export") :].lstrip()
-        key, _, rest = stripped.partition("=")
+        key, _sep, rest = stripped.partition("=")
         key = key.strip()
         if not _KEY_RE.match(key):
             pos = next_pos

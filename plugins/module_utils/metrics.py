@@ -97,6 +97,11 @@ def render_metrics(facts: dict[str, Any], problems: list[dict[str, Any]], now: f
         "Running workers started outside compose",
         [(base, int(worker.get("hand_started_running") or 0))],
     )
+    out.metric(
+        "worker_up",
+        "1 when at least one worker (compose replica or started by hand) is running",
+        [(base, int(worker.get("replicas_running") or 0) + int(worker.get("hand_started_running") or 0) > 0)],
+    )
     database = facts.get("database") or {}
     if database.get("checked"):
         out.metric(

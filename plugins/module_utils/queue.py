@@ -95,7 +95,7 @@ def parse_catalog(row: Iterable[Any]) -> dict[str, Any]:
     (in_recovery, version, has_job, has_pp, has_cp, has_delta, has_migrations, has_cron, columns) = tuple(row)
     if isinstance(columns, str):
         columns = json.loads(columns)
-    cols = {(t, c) for t, c in (columns or [])}
+    cols = set(map(tuple, columns or []))
     project_table = None
     lock_column = None
     # The newer generation wins when both tables exist (an upgrade in progress keeps the old one).

@@ -59,7 +59,7 @@ def parse_docker_time(value: str | None) -> float | None:
         text = text[:-1]
     elif len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
         text, zone = text[:-6], text[-6:]
-    main, _, fraction = text.partition(".")
+    main, _dot, fraction = text.partition(".")
     try:
         stamp = datetime.datetime.strptime(main + zone.replace(":", ""), "%Y-%m-%dT%H:%M:%S%z")
     except ValueError:

@@ -13,6 +13,7 @@ Errors a person must act on raise :class:`WorkerError` with the option they conc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -64,8 +65,9 @@ MANAGED_BY = "qfc_worker"
 CODE_IMAGE_MISSING = "worker_image_missing"
 CODE_HAND_STARTED = "worker_hand_started"
 CODE_NOT_PERSISTENT = "worker_config_not_persistent"
-CODE_STOPPED_WANTED = "worker_running"
+CODE_STOPPED_WANTED = "worker_should_be_stopped"
 DEFAULT_STOP_TIMEOUT = 900
+STUCK_STOP_TIMEOUT = 3
 MAX_REPLICAS = 32
 
 
@@ -487,7 +489,9 @@ class WorkerRun:
             if mode == "compose" and not settings.get("project_dir"):
                 raise WorkerError("project_dir: required with mode=compose.", option="project_dir")
             return mode
-        if settings.get("project_dir") and settings.get("compose_files"):
+        if settings.get("project_dir"):
+            # A project directory means a compose project; when it holds no compose file, compose mode says so
+            # (naming project_dir) instead of silently managing a standalone container.
             return "compose"
         if engine.service_replicas(settings["project_name"], self.p.get("service") or spec.WORKER_SERVICE):
             raise WorkerError(
@@ -694,14 +698,20 @@ class WorkerRun:
         up_needed = want_running and (recreate or start or excess or missing)
         for item in remove_hand:
             self.actions.append(f"remove hand-started worker {item['name']} (after drain)")
+        stuck = [
+            item
+            for item in [*recreate, *excess]
+            if item.get("running") and drain_mod.never_reached_database(engine.logs_since_start(item))
+        ]
         if up_needed:
+            self.actions += [f"stop {item['name']} now (it never reached the database: no job)" for item in stuck]
             self.actions += [f"recreate {item['name']} (after drain)" for item in recreate]
             self.actions += [f"start {item['name']}" for item in start]
             self.actions += [f"remove {item['name']} (scale down, after drain)" for item in excess]
             if missing:
                 self.actions.append(f"create {missing} replica(s) of {service}")
             self.actions.append(
-                "run: " + " ".join(cli.command("up", "-d", "--no-deps", "--scale", f"{service}={replicas}", service))
+                "run: " + cli.shell_command("up", "-d", "--no-deps", "--scale", f"{service}={replicas}", service)
             )
         if not want_running:
             running = [item for item in replicas_now if item.get("running")]
@@ -743,6 +753,9 @@ class WorkerRun:
             compose_mod.atomic_write(env_path, env_after, mode=0o600)
         for item in remove_hand:
             self._remove_container(engine, item)
+        for item in stuck if up_needed else []:
+            with contextlib.suppress(NotFound):
+                engine.api.stop(item["id"], timeout=STUCK_STOP_TIMEOUT)
         up_timeout = max(timeout, 60) + DEFAULT_STOP_TIMEOUT
         try:
             if up_needed:
@@ -768,7 +781,7 @@ class WorkerRun:
             if not left and len(now) == replicas:
                 return
             if attempt == 0 and left:
-                self._drain(engine, [r for r, _ in left], db)
+                self._drain(engine, [pair[0] for pair in left], db)
                 cli.run(
                     "up",
                     "-d",
@@ -934,7 +947,7 @@ class WorkerRun:
             )
         if want_running and (create_names or recreate) and image_data is None:
             build = (
-                f"docker compose --project-directory {settings['project_dir']} build {service}"
+                compose_mod.ComposeCli(settings["project_dir"]).build_command(service)
                 if settings.get("project_dir")
                 else f"docker build -t {image} <worker build context>"
             )
@@ -965,7 +978,7 @@ class WorkerRun:
         if self.check or not self.actions:
             return
         db = self._db_settings(engine, project, network, app_env or env)
-        self._drain(engine, recreate + remove + stop + ([r for r in existing] if state == "restarted" else []), db)
+        self._drain(engine, recreate + remove + stop + (list(existing) if state == "restarted" else []), db)
         for replica in remove + recreate:
             self._remove_container(engine, replica)
         for replica in stop:

@@ -27,7 +27,7 @@ description:
     the result or in the metrics file. Secrets are masked by name and by value, also inside log lines and URLs.
   - The problem catalogue (codes, meaning, detection, fix) is in C(docs/problems.md) of the collection.
 author:
-  - fibreflow
+  - FibreFlow operations (@fibreflow)
 extends_documentation_fragment:
   - fibreflow.qfieldcloud.docker
   - fibreflow.qfieldcloud.project

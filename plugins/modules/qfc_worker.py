@@ -24,7 +24,8 @@ description:
     removes ports that earlier files publish), and C(scale) so that a later plain C(docker compose up -d) keeps the
     replica count. The module keeps that file the last entry of C(COMPOSE_FILE) in C(.env) (backup of C(.env)
     when it changes, the file mode kept, every other byte of the file unchanged) and applies with
-    C(docker compose --project-directory DIR up -d --no-deps --scale SERVICE=N SERVICE). It never patches a compose
+    C(docker compose --project-directory DIR up -d --no-deps --scale SERVICE=N SERVICE), run in the project
+    directory. It never patches a compose
     container directly and never uses C(--dry-run). A person's later C(docker compose up -d) changes nothing."
   - "Standalone mode: manages workers started by hand (C(docker run --name qfieldcloud-worker ...)) through the
     Docker API with the same rules: replica 1 is named O(container_name), further replicas
@@ -39,12 +40,13 @@ description:
     a second run waits up to O(lock_timeout) seconds, then fails. Files are written atomically (temporary file in
     the same directory, fsync, rename), so a run killed midway leaves C(.env) and the override whole and the next
     run converges.
-  - In check mode nothing is written, created, stopped or removed (not even the lock's project directory), yet
-    C(changed), C(drift), C(actions) and C(diff) say exactly what a real run would do.
+  - In check mode no file of the project directory is written and no container is created, started, stopped or
+    removed (only the lock file under C(/run/lock) may be created), yet C(changed), C(drift), C(actions) and
+    C(diff) say exactly what a real run would do.
   - A missing worker image fails the task with the problem code C(worker_image_missing) and the exact build
     command (in check mode it is reported only). Building is the job of the C(fibreflow.qfieldcloud.worker) role.
 author:
-  - fibreflow
+  - FibreFlow operations (@fibreflow)
 requirements:
   - docker (Python SDK) >= 5.0
   - the docker CLI with the compose v2 plugin (compose mode)
@@ -80,7 +82,7 @@ options:
     description:
       - V(compose) manages the compose service through an override file and C(docker compose).
       - V(standalone) manages hand-started containers through the Docker API.
-      - V(auto) picks V(compose) when O(project_dir) holds a compose project, else V(standalone).
+      - V(auto) picks V(compose) when O(project_dir) is given, else V(standalone).
     type: str
     choices: [auto, compose, standalone]
     default: auto
@@ -278,7 +280,7 @@ build_command:
   description: The command that builds the missing worker image.
   returned: when the image is missing
   type: str
-  sample: docker compose --project-directory /opt/qfieldcloud build worker_wrapper
+  sample: cd /opt/qfieldcloud && docker compose build worker_wrapper
 code:
   description: The problem code of a failure (C(worker_image_missing), C(drain_timeout)).
   returned: on some failures

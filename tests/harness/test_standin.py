@@ -176,7 +176,8 @@ def test_published_port_and_debug_command(stack_factory):
     stack.break_("worker-port-published")
     (cid,) = stack.containers("worker_wrapper")
     assert "5679/tcp" in stack.inspect(cid)["NetworkSettings"]["Ports"]
-    stack.compose("rm", "-sf", "worker_wrapper")
+    stack.compose("stop", "-t", "10", "worker_wrapper")
+    stack.compose("rm", "-f", "worker_wrapper")
     stack.break_("worker-debug-command")
     (cid,) = stack.containers("worker_wrapper")
     info = stack.inspect(cid)

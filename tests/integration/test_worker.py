@@ -12,6 +12,7 @@ the module never ran.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -71,7 +72,7 @@ def stack():
     made.up()
     made.pristine = Pristine(made)
     yield made
-    made.down()
+    made.down(images=True)  # the stack's own images only; the shared stand-in images stay
     if REPAIR_TIMES:
         lines = "\n".join(f"  {fault:24s} {seconds:5.1f} s" for fault, seconds in REPAIR_TIMES.items())
         print(f"\nqfc_worker repair times (real run, broken -> compliant):\n{lines}")
@@ -113,6 +114,33 @@ def snapshot(stack: Stack) -> dict:
         check=True,
     ).stdout
     return {"files": files, "containers": sorted(ps.split("\n")), "backups": sorted(stack.dir.glob(".env.*.bak"))}
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (children, grandchildren...)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
 
 
 def codes(result: dict) -> set[str]:
@@ -181,7 +209,7 @@ def test_worker_image_missing_fails_with_build_command(fresh):
     stack = fresh
     stack.break_("worker-image-missing")
     before = snapshot(stack)
-    build = f"docker compose --project-directory {stack.dir} build {SERVICE}"
+    build = f"cd {stack.dir} && docker compose build {SERVICE}"
 
     planned = worker(stack, check=True)
     assert not planned.get("failed"), planned.get("msg")
@@ -195,7 +223,7 @@ def test_worker_image_missing_fails_with_build_command(fresh):
     assert failed["_rc"] != 0
     assert snapshot(stack) == before, "a failed run changed something"
 
-    subprocess.run(build.split(), capture_output=True, check=True)
+    subprocess.run(build, shell=True, capture_output=True, check=True)
     repaired = worker(stack)
     assert repaired["changed"] is True, repaired.get("msg")
     assert_job_finishes(stack)
@@ -246,7 +274,7 @@ def test_replicas_one_three_one(fresh):
 
     assert worker(stack, replicas=3)["changed"] is True
     assert len(running_workers(stack)) == 3
-    jobs = [stack.create_job() for _ in range(3)]
+    jobs = [stack.create_job() for _number in range(3)]
     assert [stack.wait_job(job, timeout=60) for job in jobs] == ["finished"] * 3
     assert_converged(stack, replicas=3)
 
@@ -324,7 +352,7 @@ def test_two_concurrent_runs_serialise(fresh):
     def one() -> None:
         results.append(worker(stack))
 
-    threads = [threading.Thread(target=one) for _ in range(2)]
+    threads = [threading.Thread(target=one) for _number in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -367,11 +395,13 @@ def test_killed_run_then_good_run(fresh):
         "-a",
         f"project_dir={stack.dir}",
     ]
-    proc = subprocess.Popen(
-        cmd, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(4)  # the run is draining: the job in flight takes 8 s
-    os.killpg(proc.pid, signal.SIGKILL)
+    tree = descendants(proc.pid)
+    assert any("AnsiballZ_qfc_worker" in cmdline(pid) for pid in tree), "the module was not running"
+    for pid in [proc.pid, *tree]:  # the module runs in its own session under ansible: kill it too
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     proc.wait()
 
     # The run was killed while draining, before writing anything: .env is whole and unchanged.

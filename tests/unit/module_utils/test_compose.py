@@ -112,7 +112,7 @@ def test_compose_file_appended_last_keeping_comment_and_other_lines():
 
 
 def test_compose_file_planning_is_idempotent():
-    once, _, _ = compose.planned_env_text(ENV_TEXT, "/nonexistent", compose.OVERRIDE_FILE)
+    once, _old, _new = compose.planned_env_text(ENV_TEXT, "/nonexistent", compose.OVERRIDE_FILE)
     twice, old, new = compose.planned_env_text(once, "/nonexistent", compose.OVERRIDE_FILE)
     assert twice == once
     assert old == new
@@ -120,7 +120,7 @@ def test_compose_file_planning_is_idempotent():
 
 def test_override_moved_to_the_end():
     text = f"COMPOSE_FILE=a.yml:{compose.OVERRIDE_FILE}:b.yml\n"
-    new, _, value = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    new, _old, value = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
     assert value == f"a.yml:b.yml:{compose.OVERRIDE_FILE}"
     assert new == f"COMPOSE_FILE={value}\n"
 
@@ -136,20 +136,20 @@ def test_override_moved_to_the_end():
 )
 def test_compose_file_line_keeps_its_shape(line, expected):
     text = "A=1\n" + line + "B=2\n"
-    new, _, _ = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    new, _old, _new = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
     assert new == "A=1\n" + expected.format(o=compose.OVERRIDE_FILE) + "B=2\n"
 
 
 def test_last_assignment_is_the_one_edited():
     text = "COMPOSE_FILE=old.yml\nX=1\nCOMPOSE_FILE=a.yml\n"
-    new, old, _ = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    new, old, _new = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
     assert old == "a.yml"
     assert new == f"COMPOSE_FILE=old.yml\nX=1\nCOMPOSE_FILE=a.yml:{compose.OVERRIDE_FILE}\n"
 
 
 def test_custom_path_separator():
     text = "COMPOSE_PATH_SEPARATOR=;\nCOMPOSE_FILE=a.yml;b.yml\n"
-    _, _, value = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
+    _text, _old, value = compose.planned_env_text(text, "/nonexistent", compose.OVERRIDE_FILE)
     assert value == f"a.yml;b.yml;{compose.OVERRIDE_FILE}"
 
 
@@ -306,7 +306,8 @@ def test_cli_environment_drops_compose_file(monkeypatch):
 
 def test_build_command_is_exact():
     cli = compose.ComposeCli("/srv/qfc")
-    assert cli.build_command("worker_wrapper") == "docker compose --project-directory /srv/qfc build worker_wrapper"
+    assert cli.build_command("worker_wrapper") == "cd /srv/qfc && docker compose build worker_wrapper"
+    assert compose.ComposeCli("/srv/my qfc").build_command("w") == "cd '/srv/my qfc' && docker compose build w"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,3 +377,11 @@ def test_replicas_not_draining_are_ignored():
     busy, waited = drain.wait_until_idle(["w-2"], lambda: {"w-1": JOB_A}, 10)
     assert busy == {}
     assert waited < 1
+
+
+def test_never_reached_database():
+    waiting = 'Waiting for postgres...\nPostgres isn\'t ready.\ncould not translate host name "postgres"\n'
+    assert drain.never_reached_database(waiting)
+    assert not drain.never_reached_database("Waiting for postgres...\n")
+    assert not drain.never_reached_database(waiting + "Postgres is ready! ✨ 💅\n")
+    assert not drain.never_reached_database(waiting + '{"message": "Dequeue QFieldCloud Jobs from the DB"}\n')

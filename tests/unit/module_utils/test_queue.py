@@ -163,5 +163,5 @@ def test_read_database_without_tables_stops_after_catalog():
 
 def test_read_database_migrations_table_empty():
     conn = FakeConn([row(), [{"counts": [], "migrations_applied": 0}]])
-    database, _ = queue.read_database({"host": "h"}, 600, connect=lambda **kw: conn)
+    database = queue.read_database({"host": "h"}, 600, connect=lambda **kw: conn)[0]
     assert database["tables_present"] is False

@@ -50,14 +50,14 @@ def status_body() -> dict:
     with _status_lock:
         if _status_cache["body"] is not None and time.monotonic() - _status_cache["at"] < STATUS_CACHE_S:
             return _status_cache["body"]
+        # A fresh connection each time: a kept one can hang on a database that went away.
         try:
-            conn = db()
+            conn = qfcdb.connect(timeout=3)
             with conn.cursor() as cur:
                 cur.execute("SELECT 1")
-            conn.rollback()
+            conn.close()
             database = "ok"
         except Exception:
-            drop_db()
             database = "error"
         body = {"database": database, "storage": "ok"}
         _status_cache.update(at=time.monotonic(), body=body)
