@@ -172,7 +172,7 @@ def drift_check(stack: Stack, hook: Hook, workdir: Path, *extra: str, apply: boo
         )
     )
     hook.take()
-    cmd = [str(SCRIPT), "-i", str(inventory), "-o", str(report_dir)]
+    cmd = [sys.executable, str(SCRIPT), "-i", str(inventory), "-o", str(report_dir)]
     if apply:
         cmd.append("--apply")
     env = ansible_env({"ANSIBLE_TIMEOUT": "3", "ANSIBLE_SHOW_CUSTOM_STATS": "1"})
@@ -316,6 +316,7 @@ def test_real_run_repairs_and_marks_items_corrected(stack, hook, workdir):
 
 def test_no_report_is_an_error(workdir):
     proc = subprocess.run(
+        # run as cron runs it: the script itself, found python on PATH (the venv's bin comes first)
         [str(SCRIPT), "-p", str(workdir / "missing.yml"), "-o", str(workdir / "none")],
         cwd=REPO,
         env=ansible_env(),

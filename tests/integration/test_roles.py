@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from ansible_run import REPO, run_playbook
 from standin import Stack
 
@@ -38,13 +37,32 @@ def recap(res) -> dict:
 
 def snapshot(stack: Stack) -> dict:
     """Every container (id, state, start time), every project image and every project file (content, mtime)."""
-    out = subprocess.run(["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=com.docker.compose.project={stack.name}"],
-                         text=True, capture_output=True, check=True).stdout.split()
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--no-trunc", "--filter", f"label=com.docker.compose.project={stack.name}"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
     containers = {c: (i["State"]["Status"], i["State"]["StartedAt"]) for c in out for i in [stack.inspect(c)]}
-    images = subprocess.run(["docker", "images", "--no-trunc", "--filter", f"reference={stack.name}-*",
-                             "--format", "{{.Repository}} {{.ID}}"], text=True, capture_output=True, check=True).stdout
-    files = {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
-             for p in sorted(stack.dir.iterdir()) if p.is_file()}
+    images = subprocess.run(
+        [
+            "docker",
+            "images",
+            "--no-trunc",
+            "--filter",
+            f"reference={stack.name}-*",
+            "--format",
+            "{{.Repository}} {{.ID}}",
+        ],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout
+    files = {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(stack.dir.iterdir())
+        if p.is_file()
+    }
     return {"containers": containers, "images": sorted(images.split("\n")), "files": files}
 
 
@@ -82,16 +100,27 @@ def test_unknown_probe_project_fails_naming_the_variable(stack):
 
 
 def test_site_check_changes_nothing_then_repairs_then_converged(stack):
-    for fault in ("worker-not-root", "worker-wrong-db-host", "worker-port-published", "qgis-image-missing",
-                  "worker-stopped"):
+    for fault in (
+        "worker-not-root",
+        "worker-wrong-db-host",
+        "worker-port-published",
+        "qgis-image-missing",
+        "worker-stopped",
+    ):
         stack.break_(fault)
     subprocess.run(["docker", "rmi", "-f", f"{stack.name}-worker_wrapper"], check=True, capture_output=True)
     before = snapshot(stack)
 
     check = play("playbooks/site.yml", stack, check=True)
     assert check.returncode == 0, check.output[-3000:]
-    for code in ("worker_not_running", "worker_image_missing", "worker_socket_denied", "worker_db_host_wrong",
-                 "worker_port_published", "qgis_image_missing"):
+    for code in (
+        "worker_not_running",
+        "worker_image_missing",
+        "worker_socket_denied",
+        "worker_db_host_wrong",
+        "worker_port_published",
+        "qgis_image_missing",
+    ):
         assert code in check.output, code
     assert "check mode: would run" in check.output  # the build it would start
     assert recap(check)["changed"] > 0
@@ -136,46 +165,74 @@ def test_missing_migrations_fail_naming_the_command(stack, tmp_path):
 def test_maintenance_prunes_only_what_is_not_the_project(stack, tmp_path):
     label = f"fibreflow.test={stack.name}"
     runtime = stack.inspect(stack.containers("db")[0])["Config"]["Image"]
-    foreign = subprocess.run(["docker", "create", "--label", label, runtime, "true"], text=True, capture_output=True,
-                             check=True).stdout.strip()
+    foreign = subprocess.run(
+        ["docker", "create", "--label", label, runtime, "true"], text=True, capture_output=True, check=True
+    ).stdout.strip()
     for i in range(2):  # the second build takes the tag: the first image is dangling
-        (tmp_path / "Dockerfile").write_text(f"FROM {runtime}\nLABEL {label.replace('=', '=')}\nRUN echo {i} {uuid.uuid4()} > /x\n")
-        subprocess.run(["docker", "build", "-q", "-t", f"{stack.name}-foreign", str(tmp_path)], check=True, capture_output=True)
-    dangling = subprocess.run(["docker", "images", "-q", "--no-trunc", "-f", "dangling=true", "-f", f"label={label}"],
-                              text=True, capture_output=True, check=True).stdout.split()
+        (tmp_path / "Dockerfile").write_text(f"FROM {runtime}\nLABEL {label}\nRUN echo {i} {uuid.uuid4()} > /x\n")
+        subprocess.run(
+            ["docker", "build", "-q", "-t", f"{stack.name}-foreign", str(tmp_path)], check=True, capture_output=True
+        )
+    dangling = subprocess.run(
+        ["docker", "images", "-q", "--no-trunc", "-f", "dangling=true", "-f", f"label={label}"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
     assert dangling
-    volumes = subprocess.run(["docker", "volume", "ls", "-q", "-f", f"label=com.docker.compose.project={stack.name}"],
-                             text=True, capture_output=True, check=True).stdout.split()
-    project_images = subprocess.run(["docker", "images", "-q", "--no-trunc", "--filter", f"reference={stack.name}-*"],
-                                    text=True, capture_output=True, check=True).stdout.split()
+    volumes = subprocess.run(
+        ["docker", "volume", "ls", "-q", "-f", f"label=com.docker.compose.project={stack.name}"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
+    project_images = subprocess.run(
+        ["docker", "images", "-q", "--no-trunc", "--filter", f"reference={stack.name}-*"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
     qgis_container = stack.containers("qgis3")  # stopped, build-only: must stay, and its image must stay
     extra = {"qfieldcloud_maintenance_prune_label": label}
 
     check = play("playbooks/maintenance.yml", stack, check=True, extra=extra)
     assert check.returncode == 0, check.output[-3000:]
     assert "check mode: would remove 1 stopped container(s) and 1 dangling image(s)" in check.output
-    assert subprocess.run(["docker", "inspect", foreign], capture_output=True).returncode == 0
+    assert subprocess.run(["docker", "inspect", foreign], capture_output=True, check=False).returncode == 0
 
     res = play("playbooks/maintenance.yml", stack, extra=extra)
     assert res.returncode == 0, res.output[-3000:]
-    assert subprocess.run(["docker", "inspect", foreign], capture_output=True).returncode != 0
-    assert all(subprocess.run(["docker", "image", "inspect", i], capture_output=True).returncode != 0 for i in dangling)
+    assert subprocess.run(["docker", "inspect", foreign], capture_output=True, check=False).returncode != 0
+    assert all(
+        subprocess.run(["docker", "image", "inspect", i], capture_output=True, check=False).returncode != 0
+        for i in dangling
+    )
     for image in project_images:
-        assert subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+        assert subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False).returncode == 0
     assert stack.containers("qgis3") == qgis_container
-    after = subprocess.run(["docker", "volume", "ls", "-q", "-f", f"label=com.docker.compose.project={stack.name}"],
-                           text=True, capture_output=True, check=True).stdout.split()
+    after = subprocess.run(
+        ["docker", "volume", "ls", "-q", "-f", f"label=com.docker.compose.project={stack.name}"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
     assert sorted(after) == sorted(volumes)
-    subprocess.run(["docker", "rmi", "-f", f"{stack.name}-foreign"], capture_output=True)
+    subprocess.run(["docker", "rmi", "-f", f"{stack.name}-foreign"], capture_output=True, check=False)
 
 
 def test_maintenance_rebuild_restarts_worker_without_killing_a_job(stack):
     job = stack.create_job(seconds=8)
     deadline_status = stack.wait_job(job, timeout=30, until=("started", "finished", "failed"))
     assert deadline_status == "started"
-    res = play("playbooks/maintenance.yml", stack, extra={"qfieldcloud_maintenance_rebuild_days": 0,
-                                                          "qfieldcloud_maintenance_prune_label": "none=none",
-                                                          "qfieldcloud_maintenance_build_poll": 1})
+    res = play(
+        "playbooks/maintenance.yml",
+        stack,
+        extra={
+            "qfieldcloud_maintenance_rebuild_days": 0,
+            "qfieldcloud_maintenance_prune_label": "none=none",
+            "qfieldcloud_maintenance_build_poll": 1,
+        },
+    )
     assert res.returncode == 0, res.output[-3000:]
     assert "without cache" in res.output and "restart" in res.output
     assert stack.job_status(job) == "finished"

@@ -42,8 +42,15 @@ def test_spec_defaults_match_defaults(role):
 
 @pytest.mark.parametrize("role", ROLE_NAMES)
 def test_variables_carry_the_prefix(role):
-    shared = {"qfieldcloud_project_dir", "qfieldcloud_app_url", "qfieldcloud_host_header", "qfieldcloud_validate_certs",
-              "qfieldcloud_probe_project", "qfieldcloud_probe_username", "qfieldcloud_probe_password",
-              "qfieldcloud_state_dir"}
+    shared = {
+        "qfieldcloud_project_dir",
+        "qfieldcloud_app_url",
+        "qfieldcloud_host_header",
+        "qfieldcloud_validate_certs",
+        "qfieldcloud_probe_project",
+        "qfieldcloud_probe_username",
+        "qfieldcloud_probe_password",
+        "qfieldcloud_state_dir",
+    }
     for name in load(ROLES / role / "defaults" / "main.yml"):
         assert name in shared or name.startswith(f"qfieldcloud_{role}_"), f"{role}: {name} lacks the role prefix"

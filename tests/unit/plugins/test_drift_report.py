@@ -365,7 +365,7 @@ def test_documentation_declares_the_options():
 
 @pytest.fixture(scope="module")
 def wrapper():
-    path = REPO / "bin" / "qfc_drift_check.py"
+    path = REPO / "bin" / "qfc-drift-check"
     loader = importlib.machinery.SourceFileLoader("qfc_drift_check", str(path))
     spec = importlib.util.spec_from_loader("qfc_drift_check", loader)
     module = importlib.util.module_from_spec(spec)
