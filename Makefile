@@ -55,7 +55,7 @@ help:
 	@echo 'make test-molecule     every molecule scenario, with a throw-away ANSIBLE_HOME'
 	@echo 'make build             build the collection tarball and prove it installs offline'
 	@echo 'make changelog-lint    antsibull-changelog lint'
-	@echo 'make demo              bring the stand-in QFieldCloud up and show its status'
+	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 
 # ---------------------------------------------------------------------------------------------------------
 # setup

@@ -242,7 +242,8 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "severity": "critical",
         "summary": "The database cannot be reached",
         "meaning": "Neither app nor worker can work.",
-        "detection": "A PostgreSQL connection to the app's POSTGRES_HOST/PORT fails (timeout, refused, unknown host).",
+        "detection": "A PostgreSQL connection to the app's POSTGRES_HOST/PORT fails (timeout, refused, unknown host), "
+        "or the queue query does not answer within the timeout (a lock or an overloaded server; evidence slow).",
         "remedy": f"Start the database (`{COMPOSE} up -d db` for the standalone setup) or check the external "
         f"database; `{PLAY_SITE}` starts the stack in order.",
     },
@@ -473,6 +474,12 @@ def _detect_services(facts: dict[str, Any], out: _Collector) -> None:
             out.add("service_not_running", {"service": name, "state": svc.get("state")})
 
 
+def _is_timeout(error: str | None) -> bool:
+    """True when a query error says the statement (or a lock wait) ran out of time."""
+    text = (error or "").lower()
+    return "statement timeout" in text or "lock timeout" in text
+
+
 def _detect_database(facts: dict[str, Any], out: _Collector) -> None:
     db = facts.get("database") or {}
     if not db.get("checked"):
@@ -481,6 +488,10 @@ def _detect_database(facts: dict[str, Any], out: _Collector) -> None:
     if not db.get("reachable"):
         code = "db_auth_failed" if db.get("error_kind") == "auth" else "db_unreachable"
         out.add(code, dict(where, error=db.get("error")))
+        return
+    if db.get("error_kind") == "query" and _is_timeout(db.get("error")):
+        # Connected, but the queue could not be read in time (a lock, an overloaded server): as blocking as down.
+        out.add("db_unreachable", dict(where, error=db.get("error"), slow=True))
         return
     if db.get("in_recovery"):
         out.add("db_is_replica", where)

@@ -269,7 +269,9 @@ def read_database(
     params = dict(conn_params)
     params.setdefault("connect_timeout", 5)
     params.setdefault("application_name", "fibreflow.qfieldcloud.qfc_sync_facts")
-    timeout_ms = int(max(1, params["connect_timeout"]) * 2000)
+    # One timeout per statement: a database that answers too slowly (a lock, an overloaded server) is a
+    # finding within about the module's timeout, not a hang.
+    timeout_ms = int(max(1, params["connect_timeout"]) * 1000)
     params.setdefault("options", f"-c statement_timeout={timeout_ms}")
     conn = None
     try:
