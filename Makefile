@@ -135,11 +135,18 @@ test: setup
 test-unit:
 	$(BIN)/pytest tests/unit
 
+# The Docker-backed suites run in parallel (pytest-xdist, whole files per worker: a file shares its private
+# stacks between its tests). Each worker has its own shared healthy stand-in. PYTEST_WORKERS=0 runs serially.
+# Tests marked `disruptive` (restarting the Docker daemon) run afterwards, alone on the engine.
+PYTEST_WORKERS ?= 3
+XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+
 test-integration:
-	$(BIN)/pytest tests/integration
+	$(BIN)/pytest $(XDIST) -m "not disruptive" tests/integration
+	$(if $(shell grep -rl 'pytest.mark.disruptive' tests/integration 2>/dev/null),$(BIN)/pytest -m disruptive tests/integration)
 
 test-harness:
-	$(BIN)/pytest tests/harness
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n 2 --dist load) tests/harness
 
 # ansible-test needs the collection in a real (not symlinked) .../ansible_collections/NS/NAME directory, so
 # it runs on a copy holding what git would see (tracked and untracked, minus .gitignore: no .venv,

@@ -39,9 +39,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+import psycopg2
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,9 +90,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def parse_recap(output: str) -> dict[str, dict[str, int]]:
     """The PLAY RECAP counters of an ansible-playbook run, per host (the last recap line of a host wins)."""
-    return {
-        m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"} for m in RECAP_RE.finditer(output)
-    }
+    return {m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"} for m in RECAP_RE.finditer(output)}
 
 
 def reported_problems(output: str) -> list[str]:
@@ -100,6 +100,12 @@ def reported_problems(output: str) -> list[str]:
         return []
     end = output.find("\nTASK [", start + 1)
     return ITEM_RE.findall(output[start : end if end > 0 else None])
+
+
+def parse_profile(output: str) -> list[tuple[str, float]]:
+    """(task, seconds) from the TASKS RECAP of the ansible.posix.profile_tasks callback, slowest first."""
+    recap = output.partition("TASKS RECAP")[2]
+    return [(m[1].strip(), float(m[2])) for m in re.finditer(r"^(.+?) -{2,} (\d+\.\d+)s\s*$", recap, re.MULTILINE)]
 
 
 def seq_scans(plan: str) -> list[str]:
@@ -118,8 +124,18 @@ def parse_stat(text: str) -> tuple[int, int]:
     return pid, int(tail.split()[1])
 
 
+def parse_pss(text: str) -> int:
+    """Bytes of the Pss line of /proc/PID/smaps_rollup (0 when absent)."""
+    m = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
+    return int(m.group(1)) * 1024 if m else 0
+
+
 def fmt_s(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f} s"
+
+
+def fmt_list(values: list[Any]) -> str:
+    return "/".join(str(v) for v in values) or "n/a"
 
 
 def fmt_x(value: float | None) -> str:
@@ -128,12 +144,13 @@ def fmt_x(value: float | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- measuring
 class TreeSampler:
-    """Peak of the summed RSS of a process and all its descendants, sampled from /proc."""
+    """Peaks of the summed RSS and PSS of a process and all its descendants, sampled from /proc."""
 
     def __init__(self, root: int, interval: float = 0.05):
         self.root = root
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self.peak_procs = 0
         self._stop = threading.Event()
         self._page = os.sysconf("SC_PAGE_SIZE")
@@ -165,16 +182,17 @@ class TreeSampler:
         return tree
 
     def sample(self) -> None:
-        total = 0
-        procs = 0
+        total = pss = procs = 0
         for pid in self._tree():
             try:
                 total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * self._page
+                pss += parse_pss(Path(f"/proc/{pid}/smaps_rollup").read_text())
                 procs += 1
             except (OSError, ValueError, IndexError):
                 continue
         if total > self.peak:
             self.peak, self.peak_procs = total, procs
+        self.peak_pss = max(self.peak_pss, pss)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -203,8 +221,9 @@ JSON_CALLBACK = {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOA
 class Run:
     """One timed command: wall seconds, exit code, output and (when sampled) peak RSS of its process tree."""
 
-    def __init__(self, cmd: list[str], seconds: float, rc: int, output: str, peak_rss: int = 0):
-        self.cmd, self.seconds, self.rc, self.output, self.peak_rss = cmd, seconds, rc, output, peak_rss
+    def __init__(self, cmd: list[str], seconds: float, rc: int, output: str, peak_rss: int = 0, peak_pss: int = 0):
+        self.cmd, self.seconds, self.rc, self.output = cmd, seconds, rc, output
+        self.peak_rss, self.peak_pss = peak_rss, peak_pss
 
 
 def timed(
@@ -221,13 +240,15 @@ def timed(
     sampler = TreeSampler(proc.pid) if sample_memory else contextlib.nullcontext()
     with sampler:
         try:
-            output, _ = proc.communicate(timeout=timeout)
+            output = proc.communicate(timeout=timeout)[0]
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
+            output = proc.communicate()[0]
             output += f"\n[bench] killed after {timeout} s"
     seconds = time.perf_counter() - start
-    return Run(cmd, seconds, proc.returncode, output, sampler.peak if sample_memory else 0)
+    if sample_memory:
+        return Run(cmd, seconds, proc.returncode, output, sampler.peak, sampler.peak_pss)
+    return Run(cmd, seconds, proc.returncode, output)
 
 
 def alternate(commands: dict[str, Callable[[], Run]], rounds: int, warmup: bool = True) -> dict[str, list[Run]]:
@@ -321,9 +342,16 @@ def write_inventory(path: Path, stacks: list[Any], state_dir: Path) -> Path:
     return path
 
 
-def playbook(inventory: Path, book: str, *args: str, sample_memory: bool = False, timeout: float = 600) -> Run:
+def playbook(
+    inventory: Path,
+    book: str,
+    *args: str,
+    sample_memory: bool = False,
+    timeout: float = 600,
+    extra_env: dict[str, str] | None = None,
+) -> Run:
     cmd = [str(VENV_BIN / "ansible-playbook"), "-i", str(inventory), book, *args]
-    return timed(cmd, env=ansible_env(), sample_memory=sample_memory, timeout=timeout)
+    return timed(cmd, env=ansible_env(extra_env), sample_memory=sample_memory, timeout=timeout)
 
 
 def adhoc(inventory: Path, host: str, module: str, args: dict | None = None) -> Run:
@@ -341,6 +369,10 @@ def adhoc_result(run: Run, host: str) -> dict:
         return doc["plays"][0]["tasks"][0]["hosts"][host]
     except (ValueError, KeyError, IndexError):
         return {}
+
+
+def images_present(images: list[str]) -> bool:
+    return subprocess.run(["docker", "image", "inspect", *images], capture_output=True, check=False).returncode == 0
 
 
 def wait_worker_running(stack: Any, timeout: float = 60) -> bool:
@@ -393,12 +425,17 @@ class Bench:
         }
         runs = alternate(commands, self.rounds["diagnose"])
         res = {label: summary(r) for label, r in runs.items()}
-        facts = [adhoc_result(r, host).get("ansible_facts", {}).get("qfc_sync", {}) for r in runs["ad-hoc qfc_sync_facts"]]
+        facts = [
+            adhoc_result(r, host).get("ansible_facts", {}).get("qfc_sync", {}) for r in runs["ad-hoc qfc_sync_facts"]
+        ]
         res["module_duration_s"] = median([f["duration_s"] for f in facts if "duration_s" in f])
         res["module_api_calls"] = facts[-1].get("api_calls") if facts else None
         res["module_round_trips"] = facts[-1].get("database", {}).get("round_trips") if facts else None
         res["diagnose_problems"] = re.findall(r"(\d+) problem\(s\)", runs["diagnose.yml"][-1].output)
         res["community_tasks"] = parse_recap(runs["community_docker_diagnose.yml"][-1].output)
+        res["community_items"] = len(
+            re.findall(r"^ok: \[[^\]]+\] => \(item=", runs["community_docker_diagnose.yml"][-1].output, re.MULTILINE)
+        )
         self.results["diagnose"] = res
 
     # -- 2 ----------------------------------------------------------------------------------------------
@@ -412,9 +449,7 @@ class Bench:
         commands = {
             "site.yml": lambda: playbook(self.inv, "playbooks/site.yml"),
             "site.yml --skip-tags verify": lambda: playbook(self.inv, "playbooks/site.yml", "--skip-tags", "verify"),
-            "manual_sequence.sh": lambda: timed(
-                [str(BENCH / "manual_sequence.sh"), str(stack.dir)], env=ansible_env()
-            ),
+            "manual_sequence.sh": lambda: timed([str(BENCH / "manual_sequence.sh"), str(stack.dir)], env=ansible_env()),
             "diagnose.yml": lambda: playbook(self.inv, "playbooks/diagnose.yml"),
         }
         runs = alternate(commands, self.rounds["site"], warmup=False)
@@ -422,6 +457,21 @@ class Bench:
         for label in ("site.yml", "site.yml --skip-tags verify"):
             res[label]["changed"] = [parse_recap(r.output).get(stack.name, {}).get("changed") for r in runs[label]]
         res["first_run"] = {"seconds": first.seconds, "recap": parse_recap(first.output).get(stack.name)}
+        profiled = playbook(
+            self.inv,
+            "playbooks/site.yml",
+            "--skip-tags",
+            "verify",
+            extra_env={
+                "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
+                "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "12",
+            },
+        )
+        res["profile"] = {
+            "seconds": profiled.seconds,
+            "recap": parse_recap(profiled.output).get(stack.name),
+            "tasks": parse_profile(profiled.output),
+        }
         self.results["site"] = res
 
     # -- 3 ----------------------------------------------------------------------------------------------
@@ -454,7 +504,7 @@ class Bench:
                 site = playbook(self.inv, "playbooks/site.yml", "--skip-tags", "verify", *extra_args)
                 verify = playbook(self.inv, "playbooks/verify.yml")
                 total = time.perf_counter() - start
-                present = subprocess.run(["docker", "image", "inspect", *images], capture_output=True).returncode == 0
+                present = images_present(images)
                 row = {
                     "total": total,
                     "site": site.seconds,
@@ -470,8 +520,9 @@ class Bench:
                     fail_log.write_text(site.output + "\n\n===== verify.yml\n\n" + verify.output)
                     row["log"] = str(fail_log.relative_to(REPO))
                 log(
-                    f"  {fault:<24} round {n + 1}: {total:6.2f} s (site {site.seconds:.2f}, verify {verify.seconds:.2f})"
-                    f" rc={site.rc}/{verify.rc} changed={row['changed']} problems={','.join(row['problems'])}"
+                    f"  {fault:<24} round {n + 1}: {total:6.2f} s"
+                    f" (site {site.seconds:.2f}, verify {verify.seconds:.2f}) rc={site.rc}/{verify.rc}"
+                    f" changed={row['changed']} problems={','.join(row['problems'])}"
                 )
                 rounds.append(row)
             ok = [r["total"] for r in rounds if r["site_rc"] == 0 and r["verify_rc"] == 0]
@@ -494,7 +545,9 @@ class Bench:
         try:
             for i in range(2, 9):
                 fleet.append(self.stacks.up(f"f{i}"))
-            inventories = {n: write_inventory(OUT / f"inventory-fleet-{n}.yml", fleet[:n], self.state_dir) for n in (1, 4, 8)}
+            inventories = {
+                n: write_inventory(OUT / f"inventory-fleet-{n}.yml", fleet[:n], self.state_dir) for n in (1, 4, 8)
+            }
             commands = {
                 f"{n} host(s)": (
                     lambda inv=inv: playbook(inv, "playbooks/diagnose.yml", "--forks", "8", sample_memory=True)
@@ -511,6 +564,7 @@ class Bench:
             r = runs[f"{n} host(s)"]
             res[str(n)] = summary(r) | {
                 "peak_rss_mib": median([x.peak_rss / 2**20 for x in r]),
+                "peak_pss_mib": median([x.peak_pss / 2**20 for x in r]),
                 "failed_hosts": [sum(1 for h in parse_recap(x.output).values() if h["failed"]) for x in r],
             }
         t1, t4, t8 = (res[str(n)]["median"] for n in (1, 4, 8))
@@ -519,6 +573,7 @@ class Bench:
         res["per_extra_host_s_1_to_4"] = (t4 - t1) / 3
         res["per_extra_host_s_4_to_8"] = (t8 - t4) / 4
         res["per_extra_host_mib"] = (m8 - m1) / 7
+        res["per_extra_host_pss_mib"] = (res["8"]["peak_pss_mib"] - res["1"]["peak_pss_mib"]) / 7
         self.results["fleet"] = res
 
     # -- 5 ----------------------------------------------------------------------------------------------
@@ -537,8 +592,6 @@ class Bench:
 
     def read_database_counted(self, params: dict[str, Any]) -> tuple[float, int, dict, dict]:
         """queue.read_database in this process, with every cursor.execute counted."""
-        import psycopg2
-
         statements: list[str] = []
 
         class Cursor:
@@ -579,8 +632,6 @@ class Bench:
         return time.perf_counter() - start, len(statements), database, queue
 
     def explain(self, params: dict[str, Any]) -> dict[str, str]:
-        import psycopg2
-
         plans = {}
         with contextlib.closing(psycopg2.connect(**params)) as conn:
             conn.autocommit = True
@@ -620,18 +671,18 @@ class Bench:
             )
             have = pending
             stack.sql("ANALYZE core_job")
-            counted = [self.read_database_counted(params) for _ in range(self.rounds["queue"] + 1)][1:]
-            module_runs = []
-            for _ in range(self.rounds["queue"] + 1):
-                module_runs.append(adhoc(self.inv, stack.name, "fibreflow.qfieldcloud.qfc_sync_facts", module_args))
-            module_runs = module_runs[1:]
+            # The first of each (a warm-up: caches, the connection) is not counted.
+            rounds = range(self.rounds["queue"] + 1)
+            counted = [self.read_database_counted(params) for _round in rounds][1:]
+            module = "fibreflow.qfieldcloud.qfc_sync_facts"
+            module_runs = [adhoc(self.inv, stack.name, module, module_args) for _round in rounds][1:]
             facts = [adhoc_result(r, stack.name).get("ansible_facts", {}).get("qfc_sync", {}) for r in module_runs]
             plans = self.explain(params)
             database, queue = counted[-1][2], counted[-1][3]
             res[str(pending)] = {
                 "rows_in_core_job": int(stack.sql("SELECT count(*) FROM core_job")[0][0]),
-                "read_database": summary([Run([], s, 0, "") for s, *_ in counted]),
-                "statements": sorted({n for _, n, *_ in counted}),
+                "read_database": summary([Run([], c[0], 0, "") for c in counted]),
+                "statements": sorted({c[1] for c in counted}),
                 "module_round_trips": sorted({f.get("database", {}).get("round_trips") for f in facts}, key=str),
                 "module": summary(module_runs),
                 "module_duration_s": median([f["duration_s"] for f in facts if "duration_s" in f]),
@@ -668,8 +719,6 @@ def versions() -> dict[str, str]:
         except (OSError, IndexError):
             return "n/a"
 
-    import psycopg2
-
     cd_manifest = Path(sys.prefix).glob("lib/python*/site-packages/ansible_collections/community/docker/MANIFEST.json")
     cd_version = next((json.loads(p.read_text())["collection_info"]["version"] for p in cd_manifest), "n/a")
     return {
@@ -677,7 +726,9 @@ def versions() -> dict[str, str]:
         "ansible-core": first_line([str(VENV_BIN / "ansible"), "--version"]),
         "community.docker": cd_version,
         "psycopg2": psycopg2.__version__.split()[0],
-        "docker engine": first_line(["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]),
+        "docker engine": first_line(
+            ["docker", "version", "--format", "{{.Server.Version}} (API {{.Server.APIVersion}})"]
+        ),
         "docker compose": first_line(["docker", "compose", "version", "--short"]),
         "collection commit": first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
         + (" (with uncommitted changes)" if sh(["git", "status", "--porcelain"], check=False).strip() else ""),
@@ -686,12 +737,22 @@ def versions() -> dict[str, str]:
 
 def machine() -> dict[str, str]:
     cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in line),
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
         "n/a",
     )
-    mem = next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+    mem = next(
+        line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+    )
     os_name = next(
-        (line.split("=", 1)[1].strip('"') for line in Path("/etc/os-release").read_text().splitlines() if line.startswith("PRETTY_NAME=")),
+        (
+            line.split("=", 1)[1].strip('"')
+            for line in Path("/etc/os-release").read_text().splitlines()
+            if line.startswith("PRETTY_NAME=")
+        ),
         platform.system(),
     )
     return {
@@ -706,200 +767,376 @@ def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("**met**" if ok else "**MISSED**")
 
 
-def render(results: dict[str, Any]) -> str:  # noqa: C901 - one report, one function
-    out: list[str] = []
-    w = out.append
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A Markdown table; the first column is left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return [*lines, ""]
+
+
+def timing_row(label: str, s: dict[str, Any], base: float | None) -> list[Any]:
+    return [label, fmt_s(s["median"]), fmt_s(s["min"]), fmt_s(s["max"]), s["n"], fmt_x(ratio(s["median"], base))]
+
+
+TIMING_HEADER = ["Command", "Median", "Min", "Max", "Runs"]
+
+
+def render_meta(results: dict[str, Any]) -> list[str]:
     meta = results["meta"]
-    w("# Benchmark results\n")
-    w(
+    out = [
+        "# Benchmark results",
+        "",
         "One complete run of `bench/bench.py` (see [README.md](README.md) for what each step does and how to repeat"
         " it). The machine is shared with other work and has 2 cores: compare the **ratios**; absolute times move"
-        " with the load. Times are wall-clock medians of runs made alternately (round robin) in one session.\n"
-    )
-    w(f"- Date: {meta['started']} (the run took {meta['wall_min']:.1f} min)")
-    w(f"- Command: `{meta['command']}`")
+        " with the load. Times are wall-clock medians of runs made alternately (round robin) in one session.",
+        "",
+        f"- Date: {meta['started']} (the run took {meta['wall_min']:.1f} min)",
+        f"- Command: `{meta['command']}`",
+    ]
+    names = {"cpu": "CPU", "memory": "Memory", "os": "OS", "load": "Load average (1/5/15 min)"}
     for key, value in meta["machine"].items():
-        extra = f" at the start, {meta['load_end']} at the end (1/5/15 min)" if key == "load" else ""
-        w(f"- {key.capitalize()}: {value}{extra}")
-    for key, value in meta["versions"].items():
-        w(f"- {key}: {value}")
-    w(f"- Rounds per command: {', '.join(f'{k} {v}' for k, v in results['rounds'].items())}")
-    w("")
+        extra = f" at the start, {meta['load_end']} at the end" if key == "load" else ""
+        out.append(f"- {names.get(key, key)}: {value}{extra}")
+    out += [f"- {key}: {value}" for key, value in meta["versions"].items()]
+    out += [f"- Rounds per command: {', '.join(f'{k} {v}' for k, v in results['rounds'].items())}", ""]
+    return out
 
+
+def render_diagnose(d: dict[str, Any]) -> list[str]:
+    floor = d["empty.yml (floor)"]["median"]
+    diag = d["diagnose.yml"]["median"]
+    comm = d["community_docker_diagnose.yml"]["median"]
+    one_call = d["ad-hoc qfc_sync_facts"]["median"]
+    labels = (
+        "empty.yml (floor)",
+        "ad-hoc ping",
+        "ad-hoc qfc_sync_facts",
+        "diagnose.yml",
+        "community_docker_diagnose.yml",
+    )
+    rows = [[*timing_row(label, d[label], floor), d[label]["rcs"]] for label in labels]
+    speedup = ratio(comm, diag)
+    community_ok = "/".join(str(h["ok"]) for h in d["community_tasks"].values()) or "?"
+    community_items = d.get("community_items", "?")
+    return [
+        "## 1. Diagnose a healthy stand-in",
+        "",
+        *table([*TIMING_HEADER, "vs floor", "exit codes"], rows),
+        f"- community.docker playbook / diagnose.yml: **{fmt_x(speedup)}**"
+        f" (target at least 4x: {verdict(speedup >= 4 if speedup else None)}).",
+        f"- diagnose.yml minus the floor: **{fmt_s(diag - floor)}**; one module call (ad-hoc qfc_sync_facts minus"
+        f" the floor): {fmt_s(one_call - floor)}; diagnose.yml / ad-hoc qfc_sync_facts: {fmt_x(ratio(diag, one_call))}"
+        f" (target diagnose.yml no more than the floor plus one module call, 10 % noise allowed:"
+        f" {verdict(diag <= one_call * 1.10)}).",
+        f"- community.docker playbook minus the floor: {fmt_s(comm - floor)}, that is"
+        f" {fmt_x(ratio(comm - floor, diag - floor))} the work of diagnose.yml above the floor.",
+        f"- Work inside the module (its `duration_s`, median): {fmt_s(d['module_duration_s'], 3)};"
+        f" Docker API calls {d['module_api_calls']}, SQL round trips {d['module_round_trips']}.",
+        f"- diagnose.yml found {', '.join(d['diagnose_problems']) or '?'} problem(s) on the stand-in; the"
+        f" community.docker playbook ran {community_ok} tasks, one of them docker_container_info {community_items}"
+        " times (once per container of the project).",
+        "",
+    ]
+
+
+def render_site(s2: dict[str, Any]) -> list[str]:
+    manual = s2["manual_sequence.sh"]["median"]
+    labels = ("site.yml", "site.yml --skip-tags verify", "manual_sequence.sh", "diagnose.yml")
+    rows = [[*timing_row(label, s2[label], manual), s2[label].get("changed", ""), s2[label]["rcs"]] for label in labels]
+    changed = s2["site.yml"]["changed"] + s2["site.yml --skip-tags verify"]["changed"]
+    site, bare = s2["site.yml"]["median"], s2["site.yml --skip-tags verify"]["median"]
+    first = s2["first_run"]
+    vs_facts = ratio(bare, s2["diagnose.yml"]["median"])
+    return [
+        "## 2. Converged site.yml against the field guide's manual sequence",
+        "",
+        *table([*TIMING_HEADER, "vs manual sequence", "changed=", "exit codes"], rows),
+        f"- Converged re-runs report `changed=0`: {verdict(all(c == 0 for c in changed))} ({changed}).",
+        f"- site.yml / manual sequence: **{fmt_x(ratio(site, manual))}**; without its verification (the probe job"
+        f" through the worker): **{fmt_x(ratio(bare, manual))}**. The manual sequence is mostly the guide's fixed"
+        f" `sleep 10`: its commands take about {fmt_s(manual - 10)}, and it checks nothing (no readiness, no worker"
+        " configuration, no sync proof).",
+        f"- Converged site.yml without verification / diagnose.yml: {fmt_x(vs_facts)} (design target: a converged"
+        f" re-run costs little more than the facts call, read here as at most 2x: {verdict(vs_facts <= 2)}).",
+        f"- The first, converging run of site.yml on the fresh stand-in: {fmt_s(first['seconds'])},"
+        f" changed={first['recap'].get('changed') if first['recap'] else '?'}.",
+        *render_profile(s2.get("profile")),
+        "",
+    ]
+
+
+def render_profile(profile: dict[str, Any] | None) -> list[str]:
+    if not profile or not profile["tasks"]:
+        return []
+    recap = profile["recap"] or {}
+    out = [
+        f"- Where a converged `site.yml --skip-tags verify` spends its time (one extra run with"
+        f" ansible.posix.profile_tasks, {fmt_s(profile['seconds'])}, ok={recap.get('ok')}"
+        f" skipped={recap.get('skipped')}; the slowest tasks):",
+        "",
+    ]
+    out += [f"  - {seconds:.2f} s {task}" for task, seconds in profile["tasks"]]
+    return out
+
+
+def render_repair(rep: dict[str, Any]) -> list[str]:
+    out = [
+        "## 3. Time to repair each worker fault (images present)",
+        "",
+        "From the injected fault (`tests/harness/standin break FAULT` on the stack with the files of a fresh"
+        " install) to `playbooks/verify.yml` passing: `ansible-playbook playbooks/site.yml --skip-tags verify`"
+        " (the repair), then `ansible-playbook playbooks/verify.yml` (status, login, a probe job that the worker"
+        " must finish). site.yml run whole verifies too; the split only keeps the probe job from running twice.",
+        "",
+    ]
+    rows = []
+    for fault, r in rep.items():
+        problems = sorted({p for row in r["rounds"] for p in row["problems"]})
+        images = all(row["images_present"] for row in r["rounds"])
+        logs = [row["log"] for row in r["rounds"] if "log" in row]
+        rows.append(
+            [
+                fault,
+                fmt_s(r["median"], 1),
+                fmt_s(r["worst"], 1),
+                fmt_s(r["site_median"], 1),
+                fmt_s(r["verify_median"], 1),
+                f"{r['repaired']}/{len(r['rounds'])}" + (f" (logs: {', '.join(logs)})" if logs else ""),
+                ", ".join(problems) or "none",
+                "yes" if images else "NO",
+            ]
+        )
+    header = ["Fault", "Median", "Worst", "repair (median)", "verify.yml (median)", "repaired", "reported", "images"]
+    out += table(header, rows)
+    ok_rounds = [row for r in rep.values() for row in r["rounds"] if row["site_rc"] == 0 and row["verify_rc"] == 0]
+    every = [row["total"] for row in ok_rounds]
+    all_ok = len(ok_rounds) == sum(len(r["rounds"]) for r in rep.values())
+    worst = max(every) if every else None
+    out += [
+        f"- Over all faults: median {fmt_s(median(every), 1)}, worst {fmt_s(worst, 1)} (target: well under a"
+        f" minute: {verdict(all_ok and worst is not None and worst < 60)}).",
+        "- `reported` lists the problem codes that site.yml printed before repairing (evidence that the fault was"
+        " there).",
+    ]
+    if "worker-hand-started" in rep:
+        out.append(
+            "- worker-hand-started is repaired with `-e qfieldcloud_worker_remove_hand_started=true`"
+            " (by default the role only reports the hand-started container)."
+        )
+    return [*out, ""]
+
+
+def render_fleet(fl: dict[str, Any]) -> list[str]:
+    rows = []
+    for n in ("1", "4", "8"):
+        s = fl[n]
+        memory = [f"{s['peak_rss_mib']:.0f} MiB", f"{s['peak_pss_mib']:.0f} MiB"]
+        rows.append([*timing_row(n, s, None)[:5], *memory, s["failed_hosts"]])
+    return [
+        "## 4. Fleet: diagnose.yml over several stacks on one engine",
+        "",
+        "One inventory host per stand-in stack, `ansible_connection: local`, `--forks 8`. Peak memory: the highest"
+        " sum over the `ansible-playbook` process and all its descendants, sampled from /proc every 50 ms, of RSS"
+        " (what the brief asks for; pages that forked workers share are counted once per process) and of PSS"
+        " (`/proc/PID/smaps_rollup`, shared pages split between their users: closer to the real use).",
+        "",
+        *table(["Hosts", "Median wall", "Min", "Max", "Runs", "Peak RSS", "Peak PSS", "failed hosts"], rows),
+        f"- Time per extra host: **{fmt_s(fl['per_extra_host_s'])}** from 1 to 8 hosts"
+        f" ({fmt_s(fl['per_extra_host_s_1_to_4'])} from 1 to 4, {fmt_s(fl['per_extra_host_s_4_to_8'])} from 4 to"
+        f" 8); 8 hosts / 1 host: {fmt_x(ratio(fl['8']['median'], fl['1']['median']))}.",
+        f"- Memory per extra host: {fl['per_extra_host_mib']:.0f} MiB of summed RSS,"
+        f" {fl['per_extra_host_pss_mib']:.0f} MiB of summed PSS.",
+        "- All stacks share one Docker engine and one 2-core machine: each extra host adds a module process on the"
+        " same CPUs, so the cost per host here is an upper bound for hosts that run their own modules.",
+        "",
+    ]
+
+
+def plan_notes(plan: str) -> list[str]:
+    """What a queue plan shows, in words, for the patterns that make it grow with the queue."""
+    notes = []
+    cte = re.search(r"CTE (\w+)\n\s+->  Seq Scan on core_job\b", plan)
+    if cte:
+        uses = len(re.findall(rf"CTE Scan on {cte[1]}\b", plan))
+        notes.append(
+            f"  - The CTE `{cte[1]}` copies all of core_job (one sequential scan, every row materialised because it"
+            f" is referenced {uses} times), and each subquery then scans that copy: none of core_job's indexes"
+            " (status, created_at, pkey) can be used for the status filters, the oldest pending job or the job ids."
+        )
+    spill = re.search(r"temp read=(\d+) written=(\d+)", plan)
+    if spill:
+        notes.append(
+            f"  - The materialised rows exceed work_mem and spill to disk (temp read={spill[1]} written={spill[2]}"
+            " blocks)."
+        )
+    if "id)::text = ANY" in plan:
+        notes.append("  - `id::text = ANY(...)` cannot use the primary key; `id = ANY(%(job_ids)s::uuid[])` can.")
+    return notes
+
+
+def render_queue(q: dict[str, Any]) -> list[str]:
+    out = [
+        "## 5. Queue size: 10 against 100,000 pending jobs",
+        "",
+        "Pending jobs inserted into the stand-in's `core_job` with one `INSERT ... SELECT ... generate_series`"
+        " (the worker stopped first, so that nothing claims them), then `ANALYZE core_job`. `read_database` is"
+        " `plugins/module_utils/queue.py` called in the benchmark's own process with `cursor.execute` wrapped to"
+        " count statements; the module run is the ad-hoc `qfc_sync_facts` call (with Ansible's start-up).",
+        "",
+    ]
+    rows = []
+    for n in ("10", "100000"):
+        r = q[n]
+        rows.append(
+            [
+                f"{int(n):,}",
+                f"{r['rows_in_core_job']:,}",
+                f"{r['read_database']['median'] * 1000:.1f} ms",
+                fmt_list(r["statements"]),
+                fmt_s(r["module"]["median"]),
+                fmt_s(r["module_duration_s"], 3),
+                fmt_s(r["module_db_duration_s"], 3),
+                fmt_list(r["module_round_trips"]),
+                f"{r['pending_seen']} / {r['claimable_seen']}",
+            ]
+        )
+    header = ["Pending", "core_job rows", "read_database", "statements", "module run", "module's work"]
+    out += table([*header, "its DB part", "module round_trips", "pending / claimable seen"], rows)
+    small, big = q["10"], q["100000"]
+    read_ratio = ratio(big["read_database"]["median"], small["read_database"]["median"])
+    module_ratio = ratio(big["module"]["median"], small["module"]["median"])
+    work_ratio = ratio(big["module_duration_s"], small["module_duration_s"])
+    db_ratio = ratio(big["module_db_duration_s"], small["module_db_duration_s"])
+    out += [
+        f"- SQL statements per read: {fmt_list(small['statements'])} with 10, {fmt_list(big['statements'])} with"
+        f" 100,000: flat {verdict(small['statements'] == big['statements'])}.",
+        f"- 100,000 / 10 pending: read_database **{fmt_x(read_ratio)}**, the module's DB part {fmt_x(db_ratio)},"
+        f" the module's own work (`duration_s`) **{fmt_x(work_ratio)}**, the whole ad-hoc module run"
+        f" {fmt_x(module_ratio)} (Ansible's start-up hides most of it). Run time flat, judged on the module's own"
+        f" work, within 25 %: {verdict(work_ratio is not None and work_ratio <= 1.25)}.",
+    ]
+    scans = [label for label, s in big["seq_scans"].items() if "core_job" in s]
+    if scans:
+        out.append(
+            f"- **Sequential scan of core_job with 100,000 rows** in: {', '.join(scans)}. The database time grows"
+            " with the queue; see the plans below."
+        )
+        out += plan_notes(big["plans"].get("queue (round trip 2)", ""))
+    else:
+        out.append("- No sequential scan of core_job in the plans with 100,000 rows.")
+    out.append("")
+    for n in ("100000", "10"):
+        for label, plan in q[n]["plans"].items():
+            scans_here = ", ".join(q[n]["seq_scans"][label]) or "none"
+            out += [
+                f"<details><summary>EXPLAIN (ANALYZE, BUFFERS) with {int(n):,} pending jobs: {label}"
+                f" (sequential scans: {scans_here})</summary>",
+                "",
+                "```",
+                plan,
+                "```",
+                "</details>",
+                "",
+            ]
+    return out
+
+
+def headline(results: dict[str, Any]) -> list[str]:
+    """The few figures quoted in bench/README.md."""
+    out = []
     d = results.get("diagnose")
     if d:
-        floor = d["empty.yml (floor)"]["median"]
-        diag = d["diagnose.yml"]["median"]
-        comm = d["community_docker_diagnose.yml"]["median"]
-        one_call = d["ad-hoc qfc_sync_facts"]["median"]
-        w("## 1. Diagnose a healthy stand-in\n")
-        w("| Command | Median | Min | Max | Runs | vs floor | exit codes |")
-        w("|---|---:|---:|---:|---:|---:|---|")
-        for label in ("empty.yml (floor)", "ad-hoc ping", "ad-hoc qfc_sync_facts", "diagnose.yml", "community_docker_diagnose.yml"):
-            s = d[label]
-            w(
-                f"| {label} | {fmt_s(s['median'])} | {fmt_s(s['min'])} | {fmt_s(s['max'])} | {s['n']} |"
-                f" {fmt_x(ratio(s['median'], floor))} | {s['rcs']} |"
-            )
-        w("")
-        speedup = ratio(comm, diag)
-        w(f"- community.docker playbook / diagnose.yml: **{fmt_x(speedup)}** (target at least 4x: {verdict(speedup >= 4 if speedup else None)}).")
-        w(
-            f"- diagnose.yml − floor: **{fmt_s(diag - floor)}**; one module call (the ad-hoc qfc_sync_facts run − floor):"
-            f" {fmt_s(one_call - floor)}; diagnose.yml / (ad-hoc qfc_sync_facts): {fmt_x(ratio(diag, one_call))}"
-            f" (target diagnose ≤ floor + one module call, 10 % noise allowed:"
-            f" {verdict(diag <= one_call * 1.10)})."
+        diag, comm = d["diagnose.yml"]["median"], d["community_docker_diagnose.yml"]["median"]
+        floor, one = d["empty.yml (floor)"]["median"], d["ad-hoc qfc_sync_facts"]["median"]
+        out.append(
+            f"- Diagnose: diagnose.yml {fmt_s(diag)} against {fmt_s(comm)} for the community.docker playbook"
+            f" (**{fmt_x(ratio(comm, diag))} faster**); floor (empty playbook) {fmt_s(floor)}, bare qfc_sync_facts"
+            f" call {fmt_s(one)} (diagnose.yml / bare call {fmt_x(ratio(diag, one))}); the module's own work"
+            f" {fmt_s(d['module_duration_s'], 3)}."
         )
-        w(
-            f"- community.docker playbook − floor: {fmt_s(comm - floor)}, i.e. {fmt_x(ratio(comm - floor, diag - floor))}"
-            " the work above the floor of diagnose.yml."
-        )
-        w(
-            f"- Work done inside the module (its `duration_s`, median): {fmt_s(d['module_duration_s'], 3)};"
-            f" Docker API calls {d['module_api_calls']}, SQL round trips {d['module_round_trips']}."
-        )
-        w(f"- Tasks run by the community.docker playbook (recap): {d['community_tasks']}.\n")
-
     s2 = results.get("site")
     if s2:
         manual = s2["manual_sequence.sh"]["median"]
-        w("## 2. Converged site.yml against the field guide's manual sequence\n")
-        w("| Command | Median | Min | Max | Runs | vs manual sequence | changed= | exit codes |")
-        w("|---|---:|---:|---:|---:|---:|---|---|")
-        for label in ("site.yml", "site.yml --skip-tags verify", "manual_sequence.sh", "diagnose.yml"):
-            s = s2[label]
-            w(
-                f"| {label} | {fmt_s(s['median'])} | {fmt_s(s['min'])} | {fmt_s(s['max'])} | {s['n']} |"
-                f" {fmt_x(ratio(s['median'], manual))} | {s.get('changed', '')} | {s['rcs']} |"
-            )
-        w("")
-        changed = s2["site.yml"]["changed"] + s2["site.yml --skip-tags verify"]["changed"]
-        w(f"- Converged re-runs report `changed=0`: {verdict(all(c == 0 for c in changed))} ({changed}).")
-        w(
-            f"- The manual sequence includes the guide's fixed `sleep 10`; without it, it costs about"
-            f" {fmt_s(manual - 10)}, and it checks nothing. site.yml (start-up in the guide's order, worker"
-            f" enforcement, readiness waits, and a probe job through the worker) / manual sequence:"
-            f" {fmt_x(ratio(s2['site.yml']['median'], manual))}; without the verification:"
-            f" {fmt_x(ratio(s2['site.yml --skip-tags verify']['median'], manual))}."
+        site, bare = s2["site.yml"]["median"], s2["site.yml --skip-tags verify"]["median"]
+        out.append(
+            f"- Converged site.yml (changed=0): {fmt_s(site)} with its probe-job verification, {fmt_s(bare)} without,"
+            f" against {fmt_s(manual)} for the field guide's manual sequence (ratios {fmt_x(ratio(site, manual))}"
+            f" and {fmt_x(ratio(bare, manual))}); without verification it costs"
+            f" {fmt_x(ratio(bare, s2['diagnose.yml']['median']))} diagnose.yml."
         )
-        w(
-            f"- Converged site.yml without verification / diagnose.yml:"
-            f" {fmt_x(ratio(s2['site.yml --skip-tags verify']['median'], s2['diagnose.yml']['median']))}."
-        )
-        w(f"- The first (converging) run: {s2['first_run']}.\n")
-
     rep = results.get("repair")
     if rep:
-        w("## 3. Time to repair each worker fault (images present)\n")
-        w(
-            "From the injected fault (`tests/harness/standin break FAULT` on a stack with the files of a fresh"
-            " install) to `playbooks/verify.yml` passing: `ansible-playbook playbooks/site.yml --skip-tags verify`"
-            " (the repair), then `ansible-playbook playbooks/verify.yml` (status, login, a probe job the worker"
-            " must finish). site.yml run whole verifies too; the split only keeps the probe job from running twice.\n"
+        every = [
+            row["total"] for r in rep.values() for row in r["rounds"] if row["site_rc"] == 0 and row["verify_rc"] == 0
+        ]
+        rounds = sum(len(r["rounds"]) for r in rep.values())
+        slowest = max(rep, key=lambda f: rep[f]["worst"] or 0)
+        out.append(
+            f"- Repair, from broken to verify.yml passing: median {fmt_s(median(every), 1)} over {len(rep)} worker"
+            f" faults, worst {fmt_s(max(every) if every else None, 1)} ({slowest}); {len(every)}/{rounds} rounds"
+            " repaired."
         )
-        w("| Fault | Median | Worst | repair part (median) | verify.yml part (median) | repaired | problems reported before | images present |")
-        w("|---|---:|---:|---:|---:|---|---|---|")
-        worst_all = []
-        for fault, r in rep.items():
-            problems = sorted({p for row in r["rounds"] for p in row["problems"]})
-            images = all(row["images_present"] for row in r["rounds"])
-            w(
-                f"| {fault} | {fmt_s(r['median'], 1)} | {fmt_s(r['worst'], 1)} | {fmt_s(r['site_median'], 1)} |"
-                f" {fmt_s(r['verify_median'], 1)} | {r['repaired']}/{len(r['rounds'])} | {', '.join(problems) or '—'} |"
-                f" {'yes' if images else 'NO'} |"
-            )
-            if r["worst"] is not None:
-                worst_all.append(r["worst"])
-            for row in r["rounds"]:
-                if "log" in row:
-                    w(f"|   ↳ failed round | | | | | | see `{row['log']}` | |")
-        w("")
-        every = [row["total"] for r in rep.values() for row in r["rounds"] if row["site_rc"] == 0 and row["verify_rc"] == 0]
-        w(
-            f"- Over all faults: median {fmt_s(median(every), 1)}, worst {fmt_s(max(every) if every else None, 1)}"
-            f" (target: well under a minute: {verdict(bool(every) and max(every) < 60 and all(r['repaired'] == len(r['rounds']) for r in rep.values()))})."
-        )
-        if "worker-hand-started" in rep:
-            w("- worker-hand-started is repaired with `-e qfieldcloud_worker_remove_hand_started=true` (by default the role only reports it).")
-        w("")
-
     fl = results.get("fleet")
     if fl:
-        w("## 4. Fleet: diagnose.yml over several stacks on one engine\n")
-        w("One inventory host per stand-in stack, `ansible_connection: local`, `--forks 8`. Peak memory is the highest")
-        w("sum of RSS over the `ansible-playbook` process and all its descendants, sampled from /proc every 50 ms")
-        w("(shared pages of forked workers count once per process, so this overstates real use).\n")
-        w("| Hosts | Median wall | Min | Max | Runs | Peak RSS (median) | failed hosts |")
-        w("|---:|---:|---:|---:|---:|---:|---|")
-        for n in ("1", "4", "8"):
-            s = fl[n]
-            w(
-                f"| {n} | {fmt_s(s['median'])} | {fmt_s(s['min'])} | {fmt_s(s['max'])} | {s['n']} |"
-                f" {s['peak_rss_mib']:.0f} MiB | {s['failed_hosts']} |"
-            )
-        w("")
-        w(
-            f"- Time per extra host: **{fmt_s(fl['per_extra_host_s'])}** from 1 to 8 hosts"
-            f" ({fmt_s(fl['per_extra_host_s_1_to_4'])} from 1 to 4, {fmt_s(fl['per_extra_host_s_4_to_8'])} from 4 to 8);"
-            f" 8 hosts / 1 host: {fmt_x(ratio(fl['8']['median'], fl['1']['median']))}."
+        out.append(
+            f"- Fleet: diagnose.yml over 1 / 4 / 8 stacks {fmt_s(fl['1']['median'])} / {fmt_s(fl['4']['median'])} /"
+            f" {fmt_s(fl['8']['median'])}, **{fmt_s(fl['per_extra_host_s'])} per extra host**; peak memory"
+            f" {fl['1']['peak_pss_mib']:.0f} / {fl['4']['peak_pss_mib']:.0f} / {fl['8']['peak_pss_mib']:.0f} MiB PSS"
+            f" ({fl['1']['peak_rss_mib']:.0f} / {fl['4']['peak_rss_mib']:.0f} / {fl['8']['peak_rss_mib']:.0f} MiB"
+            " summed RSS)."
         )
-        w(f"- Memory per extra host: {fl['per_extra_host_mib']:.0f} MiB of summed RSS.\n")
-
     q = results.get("queue")
     if q:
-        w("## 5. Queue size: 10 against 100,000 pending jobs\n")
-        w(
-            "Pending jobs inserted into the stand-in's `core_job` with one `INSERT ... SELECT ... generate_series`"
-            " (the worker stopped first, so that nothing claims them), then `ANALYZE core_job`. `read_database` is"
-            " `plugins/module_utils/queue.py` called in the benchmark's process with `cursor.execute` wrapped to count"
-            " statements; the module run is the ad-hoc `qfc_sync_facts` call.\n"
-        )
-        w("| Pending jobs | rows in core_job | read_database (median) | SQL statements | module run (median) | module's own work | its DB part | module round_trips | pending / claimable seen |")
-        w("|---:|---:|---:|---|---:|---:|---:|---|---|")
-        for n in ("10", "100000"):
-            r = q[n]
-            w(
-                f"| {int(n):,} | {r['rows_in_core_job']:,} | {r['read_database']['median'] * 1000:.1f} ms | {r['statements']} |"
-                f" {fmt_s(r['module']['median'])} | {fmt_s(r['module_duration_s'], 3)} |"
-                f" {fmt_s(r['module_db_duration_s'], 3)} | {r['module_round_trips']} |"
-                f" {r['pending_seen']} / {r['claimable_seen']} |"
-            )
-        w("")
         small, big = q["10"], q["100000"]
-        flat_trips = small["statements"] == big["statements"]
-        w(f"- SQL statements per read: {small['statements']} → {big['statements']}: flat {verdict(flat_trips)}.")
-        w(
-            f"- read_database 100,000 / 10: {fmt_x(ratio(big['read_database']['median'], small['read_database']['median']))};"
-            f" module run 100,000 / 10: {fmt_x(ratio(big['module']['median'], small['module']['median']))}"
-            f" (run time flat within 25 %: {verdict((ratio(big['module']['median'], small['module']['median']) or 99) <= 1.25)})."
+        scans = [label for label, s in big["seq_scans"].items() if "core_job" in s]
+        ms_small, ms_big = small["read_database"]["median"] * 1000, big["read_database"]["median"] * 1000
+        out.append(
+            f"- Queue: {fmt_list(small['statements'])} / {fmt_list(big['statements'])} SQL statements with 10 /"
+            " 100,000 pending jobs;"
+            f" read_database {ms_small:.0f} ms / {ms_big:.0f} ms ({fmt_x(ratio(ms_big, ms_small))}), the module's own"
+            f" work {fmt_s(small['module_duration_s'], 3)} / {fmt_s(big['module_duration_s'], 3)}"
+            f" ({fmt_x(ratio(big['module_duration_s'], small['module_duration_s']))}), the ad-hoc module call"
+            f" {fmt_s(small['module']['median'])} / {fmt_s(big['module']['median'])}"
+            f" ({fmt_x(ratio(big['module']['median'], small['module']['median']))})"
+            + (f"; sequential scan of core_job in the {', '.join(scans)} statement." if scans else "; no seq scan.")
         )
-        scans = {label: s for label, s in big["seq_scans"].items() if "core_job" in s}
-        if scans:
-            w(
-                f"- **Sequential scans of core_job with 100,000 rows** in: {', '.join(scans)}. The database time grows"
-                " with the queue; see the plans below."
-            )
-        else:
-            w("- No sequential scan of core_job in the plans with 100,000 rows.")
-        w("")
-        for n in ("100000", "10"):
-            for label, plan in q[n]["plans"].items():
-                w(f"<details><summary>EXPLAIN (ANALYZE, BUFFERS), {int(n):,} pending jobs: {label}; seq scans: {q[n]['seq_scans'][label] or 'none'}</summary>\n")
-                w("```")
-                w(plan)
-                w("```\n</details>\n")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def render(results: dict[str, Any]) -> str:
+    out = render_meta(results)
+    if headline(results):
+        out += ["## Headline", "", *headline(results), ""]
+    for key, fn in (
+        ("diagnose", render_diagnose),
+        ("site", render_site),
+        ("repair", render_repair),
+        ("fleet", render_fleet),
+        ("queue", render_queue),
+    ):
+        if results.get(key):
+            out += fn(results[key])
+    if results.get("failed_steps"):
+        out += ["## Steps that failed", "", *(f"- {f}" for f in results["failed_steps"]), ""]
+    return "\n".join(out)
 
 
 # -------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a check that everything runs)")
     parser.add_argument("--steps", default="1,2,3,4,5", help="comma-separated steps to run (default: all)")
     parser.add_argument("--faults", default=",".join(WORKER_FAULTS), help="worker faults for step 3")
-    parser.add_argument("--output", type=Path, help="report path (default bench/RESULTS.md; --quick: tests/output/bench)")
+    parser.add_argument(
+        "--output", type=Path, help="report path (default bench/RESULTS.md; --quick: tests/output/bench)"
+    )
     parser.add_argument("--prefix", default=f"bn{os.getpid() % 10000:04d}", help="stack name prefix (starts with bn)")
+    parser.add_argument("--render-only", type=Path, metavar="RESULTS_JSON", help="only write the report of a raw file")
     args = parser.parse_args(argv)
+    if args.render_only:
+        output = args.output or BENCH / "RESULTS.md"
+        output.write_text(render(json.loads(args.render_only.read_text())))
+        return 0
     args.faults = [f for f in args.faults.split(",") if f]
     steps = {int(s) for s in args.steps.split(",") if s}
     if not args.prefix.startswith("bn"):
@@ -918,7 +1155,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, terminate)
 
     bench = Bench(args)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     meta = {
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
@@ -952,11 +1189,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = OUT / "results.json"
     raw.write_text(json.dumps(bench.results, indent=1, default=str))
     report = render(bench.results)
-    if failed:
-        report += "\n## Steps that failed\n\n" + "\n".join(f"- {f}" for f in failed) + "\n"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(report)
-    log(f"report: {output.relative_to(REPO) if output.is_relative_to(REPO) else output}; raw numbers: {raw.relative_to(REPO)}")
+    shown = output.relative_to(REPO) if output.is_relative_to(REPO) else output
+    log(f"report: {shown}; raw numbers: {raw.relative_to(REPO)}")
     return 1 if failed else 0
 
 

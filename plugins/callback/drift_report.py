@@ -24,6 +24,8 @@ description:
   - "Each item has C(code) (a problem code of the catalogue in C(docs/problems.md)), C(field), C(expected),
     C(actual), C(remedy), and C(corrected): true only in a real run when the fix was applied and a later
     M(fibreflow.qfieldcloud.qfc_sync_facts) no longer reports the code; always false in check mode."
+  - "An item also has the C(evidence) of its problem; for a worker problem that includes C(log), the last lines of the
+    worker's log that explain it (bounded, secrets masked), which the Markdown summary shows under the host."
   - Secrets are masked with the collection's C(redact) module_utils (by key name, by the values of secret-looking
     variables of the play and its hosts, and by passwords in URLs). Environment values are never written.
   - Module results are recognised by the task's action (C(fibreflow.qfieldcloud.qfc_sync_facts),
@@ -131,10 +133,13 @@ SKIP_HIDES = (
     ("queue_", ("db", "queue")),
     ("jobs_", ("db", "queue")),
     ("app_", ("app",)),
+    ("client_", ("app", "client")),
+    ("nginx_host_", ("app", "client")),
     ("cron_", ("cron",)),
     ("orphan_", ("orphans",)),
 )
 MAX_TEXT = 2000
+FENCE = "`" * 3
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -469,6 +474,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                     f"| {_cell(item.get('expected'))} | {_cell(item.get('actual'))} "
                     f"| {'yes' if item.get('corrected') else 'no'} | {_cell(item.get('remedy'), 240)} |"
                 )
+        for item in host.get("items") or []:
+            log = item_log(item)
+            if log:
+                lines += ["", f"Worker log behind `{item['code']}` (last lines, secrets masked):", "", FENCE + "text"]
+                lines += [line.replace(FENCE, "'''") for line in log]
+                lines.append(FENCE)
         if host.get("actions"):
             verb = "Would do" if run.get("check_mode") else "Done"
             lines += ["", f"{verb} (qfc_worker):", ""]
@@ -486,6 +497,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     if not any(h["outcome"] != "ok" for h in hosts.values()):
         lines += ["", "No drift: every host is as it should be."]
     return "\n".join(lines) + "\n"
+
+
+def item_log(item: dict[str, Any]) -> list[str]:
+    """The worker log lines a problem carries as evidence (``evidence.log``, also in ``more`` and ``containers``)."""
+    evidence = item.get("evidence")
+    if not isinstance(evidence, dict):
+        return []
+    parts = [evidence, *(evidence.get("more") or []), *(evidence.get("containers") or [])]
+    found: list[str] = []
+    for part in parts:
+        if isinstance(part, dict):
+            found += [str(line) for line in part.get("log") or [] if str(line) not in found]
+    return found
 
 
 def _yes_no(value: Any) -> str:

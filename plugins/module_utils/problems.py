@@ -24,13 +24,16 @@ The shape it reads::
     daemon:    {reachable, version, error}
     services:  {<service>: {present, containers, running, state, restart_count, ...}}
     worker:    {replicas_expected, replicas_running, replicas: [replica], hand_started: [replica]}
-               replica = worker_spec replica dict + {drift: [...], state, restart_count, log: {...}}
+               replica = worker_spec replica dict + {drift: [...], state, restart_count, log: {...},
+                         log_tail: [line], log_excerpt: [{signs, line}]}
     images:    {worker: {name, present}, qgis: [{variable, name, present}]}
     database:  {checked, reachable, error_kind (unreachable|auth|other), error, in_recovery,
                 tables_present, missing_tables, generation}
     queue:     {claimable_pending, oldest_claimable_pending_age_s, overdue_queued, overdue_started,
                 overdue_jobs, failed_last_hour, finished_last_hour}
     app:       {checked, url, reachable, http_status, status, ok, error}
+    client:    {checked, host, host_source, nginx_host, local_host, url, via, connect_host, connect_port,
+                host_header, reachable, http_status, ok, error}
     cron:      {checked, ofelia_present, ofelia_running, ofelia_stale, last_run_age_s}
     orphan_job_containers: [{name, job_id, state, reason}]
 """
@@ -284,6 +287,39 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "detection": "GET /api/v1/status/ does not return 200 with every component 'ok'.",
         "remedy": "Fix the component reported (database, storage); `docker logs <app container>` shows the error.",
     },
+    "nginx_host_mismatch": {
+        "severity": "critical",
+        "summary": "nginx does not serve the QFIELDCLOUD_HOST that QField users enter",
+        "meaning": "QFIELDCLOUD_HOST in .env was changed but nginx still runs with the old name (`docker compose "
+        "restart` does not read .env again): nginx closes every connection whose Host header is the new name "
+        "(444), so QField cannot log in or sync although the app and the worker are fine.",
+        "detection": "The status endpoint does not answer at the client URL (QFIELDCLOUD_HOST on nginx's published "
+        "port, requested from the Docker host with the Host header a device sends), and the nginx container's "
+        "QFIELDCLOUD_HOST differs from the one of .env.",
+        "remedy": f"Recreate nginx and app so that they read .env again: `{COMPOSE} up -d --no-deps nginx app`, then "
+        f"`{COMPOSE} restart ofelia`; or set QFIELDCLOUD_HOST in .env back to the name nginx serves.",
+    },
+    "client_url_unreachable": {
+        "severity": "error",
+        "summary": "The server URL QField users enter does not answer",
+        "meaning": "The app answers on the container network, but not at the address devices use: QField cannot "
+        "log in or sync.",
+        "detection": "GET /api/v1/status/ at the client URL (QFIELDCLOUD_HOST on nginx's published 80/443, else the "
+        "app's published 8000), requested from the Docker host with that Host header, is refused, closed "
+        "without an answer (nginx 444), or not HTTP 200 with JSON; or no port is published at all.",
+        "remedy": f"Make QFIELDCLOUD_HOST in .env the name devices use and recreate nginx "
+        f"(`{COMPOSE} up -d --no-deps nginx app`); check that nginx publishes 80/443 (WEB_HTTP_PORT, "
+        f"WEB_HTTPS_PORT); `{PLAY_DIAGNOSE}` prints the URL to enter.",
+    },
+    "client_host_local": {
+        "severity": "warning",
+        "summary": "QFIELDCLOUD_HOST is a local name that QField devices cannot reach",
+        "meaning": "localhost or 127.0.0.1 works on the server itself only: a phone or tablet that enters it "
+        "talks to itself, and links the server generates point nowhere.",
+        "detection": "QFIELDCLOUD_HOST is localhost, *.localhost, 127.x.x.x, 0.0.0.0 or ::1.",
+        "remedy": "Set QFIELDCLOUD_HOST in .env to the server's DNS name or LAN address, then "
+        f"`{COMPOSE} up -d --no-deps nginx app` and `{COMPOSE} restart ofelia`.",
+    },
     "cron_not_running": {
         "severity": "error",
         "summary": "The QFieldCloud cron (ofelia) is not running its jobs",
@@ -354,7 +390,10 @@ class _Collector:
     def add(self, code: str, evidence: dict[str, Any], summary: str | None = None, severity: str | None = None):
         if code in self.items:
             problem = self.items[code]
-            problem["evidence"].setdefault("more", []).append(evidence)
+            first = problem["evidence"]
+            if "log" in evidence and first.get("log") and first.get("container") == evidence.get("container"):
+                evidence = {k: v for k, v in evidence.items() if k != "log"}  # the same container's log once
+            first.setdefault("more", []).append(evidence)
             if severity and SEVERITIES.index(severity) < SEVERITIES.index(problem["severity"]):
                 problem["severity"] = severity
             return
@@ -363,6 +402,60 @@ class _Collector:
     def result(self) -> list[dict[str, Any]]:
         order = {code: i for i, code in enumerate(CATALOGUE)}
         return sorted(self.items.values(), key=lambda p: (SEVERITIES.index(p["severity"]), order.get(p["code"], 999)))
+
+
+# The log signs (``stack.LOG_PATTERNS``) that explain a problem of a worker; None: any fault sign, else the
+# last lines of the log (a crash loop or a stopped worker whose log shows no known sign).
+LOG_SIGNS_OF = {
+    "worker_db_host_wrong": ("host_unresolved", "postgres_not_ready"),
+    "worker_wrong_network": ("network_not_found", "host_unresolved", "postgres_not_ready"),
+    "worker_socket_denied": ("socket_denied",),
+    "migrations_missing": ("relation_missing",),
+    "db_is_replica": ("replica_refused",),
+    "worker_crash_loop": None,
+    "worker_not_running": None,
+}
+LOG_EVIDENCE_LINES = 20
+
+
+def log_evidence(replica: dict[str, Any], code: str) -> list[str]:
+    """The last lines of a replica's log that explain ``code`` (at most :data:`LOG_EVIDENCE_LINES`).
+
+    Reads ``log_excerpt`` (lines with a fault sign, see ``stack.log_excerpt``) and ``log_tail``; the lines are
+    already cut to a bounded width, and the caller redacts them with everything else.
+    """
+    if code not in LOG_SIGNS_OF:
+        return []
+    wanted = LOG_SIGNS_OF[code]
+    excerpt = replica.get("log_excerpt") or []
+    lines = [e["line"] for e in excerpt if wanted is None or set(e.get("signs") or []) & set(wanted)]
+    if not lines and wanted is None:
+        lines = list(replica.get("log_tail") or [])
+    return collapse_repeats(lines)[-LOG_EVIDENCE_LINES:]
+
+
+def collapse_repeats(lines: list[str]) -> list[str]:
+    """Each distinct line once, where it last occurred, marked with its count when it repeats.
+
+    A crash loop prints the same two lines every two seconds: the evidence says so in two lines, not twenty.
+    """
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    seen: set[str] = set()
+    last: list[str] = []
+    for line in reversed(lines):
+        if line not in seen:
+            seen.add(line)
+            last.append(line)
+    return [f"{line} (repeated {counts[line]} times)" if counts[line] > 1 else line for line in reversed(last)]
+
+
+def _with_log(evidence: dict[str, Any], replica: dict[str, Any], code: str) -> dict[str, Any]:
+    lines = log_evidence(replica, code)
+    if lines:
+        evidence["log"] = lines
+    return evidence
 
 
 def _workers(facts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -385,7 +478,10 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
 
     if expected > 0 and not running_compose and not running_hand:
         evidence: dict[str, Any] = {"replicas_expected": expected, "replicas_running": 0}
-        evidence["containers"] = [{"name": r.get("name"), "state": r.get("state")} for r in replicas + hand]
+        evidence["containers"] = [
+            _with_log({"name": r.get("name"), "state": r.get("state")}, r, "worker_not_running")
+            for r in replicas + hand
+        ]
         out.add("worker_not_running", evidence)
     elif running_compose or not running_hand:
         for item in ws.replica_count_drift(len(running_compose), expected):
@@ -412,7 +508,10 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
         state = rep.get("state")
         restarts = int(rep.get("restart_count") or 0)
         if state == "restarting" or restarts >= crash_restarts:
-            out.add("worker_crash_loop", {"container": name, "state": state, "restart_count": restarts})
+            out.add(
+                "worker_crash_loop",
+                _with_log({"container": name, "state": state, "restart_count": restarts}, rep, "worker_crash_loop"),
+            )
         if rep in hand and not rep.get("running"):
             # a stopped hand-started container does no harm; its configuration does not matter
             continue
@@ -422,37 +521,57 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                 continue
             out.add(
                 code,
-                {
-                    "container": name,
-                    "field": item.get("field"),
-                    "expected": item.get("expected"),
-                    "actual": item.get("actual"),
-                },
+                _with_log(
+                    {
+                        "container": name,
+                        "field": item.get("field"),
+                        "expected": item.get("expected"),
+                        "actual": item.get("actual"),
+                    },
+                    rep,
+                    code,
+                ),
             )
         log = rep.get("log") or {}
         if log.get("socket_denied"):
             out.add(
                 "worker_socket_denied",
-                {
-                    "container": name,
-                    "log_lines_matching": log["socket_denied"],
-                    "sign": "Permission denied on docker.sock",
-                },
+                _with_log(
+                    {
+                        "container": name,
+                        "log_lines_matching": log["socket_denied"],
+                        "sign": "Permission denied on docker.sock",
+                    },
+                    rep,
+                    "worker_socket_denied",
+                ),
             )
         wrong_network = any(i.get("code") == ws.CODE_NETWORK for i in rep.get("drift") or [])
         if log.get("host_unresolved") and not wrong_network:
             out.add(
                 "worker_db_host_wrong",
-                {
-                    "container": name,
-                    "log_lines_matching": log["host_unresolved"],
-                    "sign": "could not translate host name",
-                },
+                _with_log(
+                    {
+                        "container": name,
+                        "log_lines_matching": log["host_unresolved"],
+                        "sign": "could not translate host name",
+                    },
+                    rep,
+                    "worker_db_host_wrong",
+                ),
             )
         if log.get("relation_missing"):
             out.add(
                 "migrations_missing",
-                {"container": name, "log_lines_matching": log["relation_missing"], "sign": "relation does not exist"},
+                _with_log(
+                    {
+                        "container": name,
+                        "log_lines_matching": log["relation_missing"],
+                        "sign": "relation does not exist",
+                    },
+                    rep,
+                    "migrations_missing",
+                ),
             )
 
     qgis = images.get("qgis") or []
@@ -554,6 +673,35 @@ def _detect_app(facts: dict[str, Any], out: _Collector) -> None:
         )
 
 
+def _detect_client(facts: dict[str, Any], out: _Collector) -> None:
+    client = facts.get("client") or {}
+    if not client.get("checked") or not client.get("host"):
+        return
+    if client.get("local_host"):
+        out.add("client_host_local", {"host": client.get("host"), "host_source": client.get("host_source")})
+    app = facts.get("app") or {}
+    nginx = (facts.get("services") or {}).get("nginx") or {}
+    if app.get("checked") and not app.get("reachable"):
+        return  # app_unreachable explains it
+    if not client.get("url") and nginx.get("present") and not nginx.get("running"):
+        return  # service_not_running explains it
+    if client.get("ok"):
+        return
+    evidence = {
+        "url": client.get("url"),
+        "connect": f"{client['connect_host']}:{client['connect_port']}" if client.get("connect_host") else None,
+        "host_header": client.get("host_header"),
+        "http_status": client.get("http_status"),
+        "error": client.get("error"),
+    }
+    nginx_host = client.get("nginx_host")
+    if client.get("via") == "nginx" and nginx_host and nginx_host != client.get("host"):
+        evidence.update(configured_host=client.get("host"), nginx_host=nginx_host)
+        out.add("nginx_host_mismatch", evidence)
+    else:
+        out.add("client_url_unreachable", evidence)
+
+
 def _detect_cron(facts: dict[str, Any], out: _Collector) -> None:
     cron = facts.get("cron") or {}
     if not cron.get("checked"):
@@ -622,6 +770,7 @@ def detect_problems(facts: dict[str, Any]) -> list[dict[str, Any]]:
     _detect_database(facts, out)
     _detect_queue(facts, out)
     _detect_app(facts, out)
+    _detect_client(facts, out)
     return out.result()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import time
 import traceback
 from typing import Any, Callable, Iterable
@@ -39,6 +40,8 @@ except ImportError:  # reported by the module with missing_required_lib()
 
 CORE_TABLES = ("core_job",)
 ACTIVE_STATUSES = ("queued", "started")
+# Job ids come from container labels, which anyone can set: only uuids reach the ``uuid[]`` cast.
+UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 CATALOG_SQL = """
 SELECT pg_is_in_recovery(),
@@ -142,44 +145,56 @@ def _locked_expr(catalog: dict[str, Any], alias: str = "p") -> str:
     return "false"
 
 
+# Jobs counted by status and type: every open job, and every job created within this window. Finished
+# jobs pile up for years on a real server; counting them all would read the whole table on every call.
+COUNTS_WINDOW = "24 hours"
+
+
 def queue_sql(catalog: dict[str, Any]) -> str:
     """Return the single statement that reads the whole queue state (parameters: timeout, job ids).
 
-    Parameters, in order: ``%(timeout)s`` (seconds, a number) and ``%(job_ids)s`` (a list of job id
-    strings, possibly empty).
+    Parameters: ``%(timeout)s`` (seconds, a number) and ``%(job_ids)s`` (a list of job uuid strings,
+    possibly empty; :func:`read_database` drops anything that is not a uuid).
+
+    Every part reads ``core_job`` through one of upstream's indexes (status, created_at, updated_at,
+    primary key), so the cost follows the number of open jobs, not the size of the job history. Only
+    the CTEs that are referenced more than once (``active``, ``claim``, ``overdue``) are materialised,
+    and they hold open jobs only.
     """
     table = catalog["project_table"]
     locked = _locked_expr(catalog)
     parts = [
-        "WITH jobs AS (SELECT id, project_id, type, status, created_at, updated_at, started_at FROM core_job),",
-        "by_status AS (SELECT status, type, count(*) AS n FROM jobs GROUP BY status, type),",
-        "active AS (SELECT DISTINCT project_id FROM jobs WHERE status IN ('queued', 'started')),",
-        f"claimable AS (SELECT j.id, j.created_at FROM jobs j LEFT JOIN {table} p ON p.id = j.project_id",
+        "WITH active AS (SELECT DISTINCT project_id FROM core_job WHERE status IN ('queued', 'started')),",
+        f"claim AS (SELECT count(*) AS n, min(j.created_at) AS oldest FROM core_job j LEFT JOIN {table} p"
+        " ON p.id = j.project_id",
         f"  WHERE j.status = 'pending' AND NOT coalesce({locked}, false)",
         "    AND j.project_id NOT IN (SELECT project_id FROM active)),",
         "overdue AS (SELECT id, status, type,",
         "    extract(epoch FROM now() - coalesce(CASE WHEN status = 'started' THEN started_at END,",
         "                                        updated_at, created_at)) AS age",
-        "  FROM jobs WHERE status IN ('queued', 'started')",
+        "  FROM core_job WHERE status IN ('queued', 'started')",
         "    AND coalesce(CASE WHEN status = 'started' THEN started_at END, updated_at, created_at)",
         "        < now() - make_interval(secs => %(timeout)s))",
         "SELECT json_build_object(",
-        "  'counts', (SELECT coalesce(json_agg(json_build_array(status, type, n)), '[]'::json) FROM by_status),",
-        "  'claimable_pending', (SELECT count(*) FROM claimable),",
-        "  'oldest_claimable_pending_age_s', (SELECT extract(epoch FROM now() - min(created_at)) FROM claimable),",
-        "  'oldest_pending_age_s', (SELECT extract(epoch FROM now() - min(created_at)) FROM jobs"
+        "  'counts', (SELECT coalesce(json_agg(json_build_array(status, type, n)), '[]'::json) FROM",
+        "    (SELECT status, type, count(*) AS n FROM core_job WHERE status IN ('pending', 'queued', 'started')",
+        f"       OR created_at > now() - interval '{COUNTS_WINDOW}' GROUP BY status, type) c),",
+        "  'claimable_pending', (SELECT n FROM claim),",
+        "  'oldest_claimable_pending_age_s', (SELECT extract(epoch FROM now() - oldest) FROM claim),",
+        "  'oldest_pending_age_s', (SELECT extract(epoch FROM now() - min(created_at)) FROM core_job"
         " WHERE status = 'pending'),",
         "  'overdue', (SELECT coalesce(json_agg(json_build_array(id, status, type, age) ORDER BY age DESC),"
         " '[]'::json) FROM (SELECT * FROM overdue ORDER BY age DESC LIMIT 20) o),",
         "  'overdue_queued', (SELECT count(*) FROM overdue WHERE status = 'queued'),",
         "  'overdue_started', (SELECT count(*) FROM overdue WHERE status = 'started'),",
-        "  'failed_last_hour', (SELECT count(*) FROM core_job WHERE status = 'failed'"
-        " AND coalesce(finished_at, updated_at) > now() - interval '1 hour'),",
-        "  'finished_last_hour', (SELECT count(*) FROM core_job WHERE status = 'finished'"
-        " AND coalesce(finished_at, updated_at) > now() - interval '1 hour'),",
+        # A job's updated_at moves when it finishes, so the updated_at index bounds these to the last hour.
+        "  'failed_last_hour', (SELECT count(*) FROM core_job WHERE updated_at > now() - interval '1 hour'"
+        " AND status = 'failed' AND coalesce(finished_at, updated_at) > now() - interval '1 hour'),",
+        "  'finished_last_hour', (SELECT count(*) FROM core_job WHERE updated_at > now() - interval '1 hour'"
+        " AND status = 'finished' AND coalesce(finished_at, updated_at) > now() - interval '1 hour'),",
         f"  'locked_projects', (SELECT count(*) FROM {table} p WHERE {locked}),",
-        "  'job_statuses', (SELECT coalesce(json_object_agg(id::text, status), '{}'::json) FROM jobs"
-        " WHERE id::text = ANY(%(job_ids)s::text[]))",
+        "  'job_statuses', (SELECT coalesce(json_object_agg(id::text, status), '{}'::json) FROM core_job"
+        " WHERE id = ANY(%(job_ids)s::uuid[]))",
     ]
     if catalog.get("has_core_delta"):
         parts.append(",  'pending_deltas', (SELECT count(*) FROM core_delta WHERE last_status = 'pending')")
@@ -190,7 +205,7 @@ def queue_sql(catalog: dict[str, Any]) -> str:
             ",  'cron_last', (SELECT json_build_object('code', code, 'start_time', start_time,"
             " 'end_time', end_time, 'is_success', is_success,"
             " 'age_s', extract(epoch FROM now() - coalesce(end_time, start_time)))"
-            " FROM django_cron_cronjoblog ORDER BY coalesce(end_time, start_time) DESC LIMIT 1)"
+            " FROM django_cron_cronjoblog ORDER BY start_time DESC LIMIT 1)"
         )
     parts.append(")")
     return "\n".join(parts)
@@ -299,7 +314,8 @@ def read_database(
                 }
             )
             if catalog["tables_present"]:
-                cur.execute(queue_sql(catalog), {"timeout": float(job_timeout_s), "job_ids": [str(i) for i in job_ids]})
+                uuids = [str(i) for i in job_ids if UUID_RE.match(str(i))]
+                cur.execute(queue_sql(catalog), {"timeout": float(job_timeout_s), "job_ids": uuids})
                 database["round_trips"] += 1
                 doc = cur.fetchone()[0]
                 if isinstance(doc, str):

@@ -64,6 +64,10 @@ LOG_PATTERNS = {
     "dequeue_banner": re.compile(r"Dequeue QFieldCloud Jobs from the DB"),
     "replica_refused": re.compile(r"read-only replica|pg_is_in_recovery|in recovery", re.I),
 }
+# Signs that explain a fault (the others are signs of health), and the bounds of the log lines kept as evidence.
+FAULT_SIGNS = tuple(k for k in LOG_PATTERNS if k not in ("postgres_ready", "dequeued_jobs", "dequeue_banner"))
+LOG_EXCERPT_LINES = 20
+LOG_LINE_WIDTH = 300
 
 
 # ---------------------------------------------------------------------------------------------- client
@@ -186,7 +190,37 @@ def container_facts(inspect: dict[str, Any], network: str | None = None) -> dict
         "image_id": inspect.get("Image"),
         "networks": sorted(nets.keys()),
         "ips": {net: (info or {}).get("IPAddress") for net, info in nets.items() if (info or {}).get("IPAddress")},
+        "ports": port_bindings(inspect),
     }
+
+
+def port_bindings(inspect: dict[str, Any]) -> list[dict[str, Any]]:
+    """Published ports as ``{port, proto, host_ip, host_port}``, one entry per container port and host port.
+
+    The IPv4 and IPv6 bindings Docker makes for one ``ports:`` entry count once (the IPv4 one is kept).
+    """
+    bindings = (inspect.get("NetworkSettings") or {}).get("Ports") or {}
+    if not any(bindings.values()):
+        bindings = (inspect.get("HostConfig") or {}).get("PortBindings") or {}
+    result: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for spec, binds in sorted(bindings.items()):
+        port, _sep, proto = str(spec).partition("/")
+        if not port.isdigit():
+            continue
+        for bind in binds or []:
+            host_port = str((bind or {}).get("HostPort") or "")
+            if not host_port.isdigit():
+                continue
+            host_ip = (bind or {}).get("HostIp") or "0.0.0.0"
+            key = (int(port), proto or "tcp", host_port)
+            if key not in result or result[key]["host_ip"] in ("::", "[::]"):
+                result[key] = {
+                    "port": int(port),
+                    "proto": proto or "tcp",
+                    "host_ip": host_ip,
+                    "host_port": int(host_port),
+                }
+    return sorted(result.values(), key=lambda b: (b["port"], b["host_port"]))
 
 
 def published_ports(inspect: dict[str, Any]) -> list[str]:
@@ -238,6 +272,26 @@ def replica_facts(inspect: dict[str, Any], network: str | None = None, image_use
         }
     )
     return facts
+
+
+def clip_line(line: str, width: int = LOG_LINE_WIDTH) -> str:
+    """One log line without trailing blanks, cut to ``width`` characters (an ellipsis marks the cut)."""
+    line = line.rstrip()
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def log_excerpt(text: str, max_lines: int = LOG_EXCERPT_LINES, width: int = LOG_LINE_WIDTH) -> list[dict[str, Any]]:
+    """The last ``max_lines`` lines of a log tail that show a fault sign, in log order, each cut to ``width``.
+
+    Each entry is ``{"signs": [sign, ...], "line": text}`` so that a problem can pick the lines that explain it.
+    The lines are not redacted here: the caller redacts everything it returns.
+    """
+    found = []
+    for line in text.splitlines():
+        signs = [key for key in FAULT_SIGNS if LOG_PATTERNS[key].search(line)]
+        if signs:
+            found.append({"signs": signs, "line": clip_line(line, width)})
+    return found[-max_lines:] if max_lines > 0 else []
 
 
 def log_signs(text: str) -> dict[str, Any]:
@@ -360,6 +414,7 @@ def discover(
     worker_images: Iterable[str] = (),
     qgis_images: dict[str, str] | None = None,
     log_lines: int = 200,
+    log_tail_lines: int = 5,
 ) -> dict[str, Any]:
     """Discover the project on the engine behind ``client`` (a ``docker.APIClient``).
 
@@ -367,6 +422,9 @@ def discover(
         the compose v1 ``<project>_worker_wrapper``).
     :param qgis_images: variable -> QGIS image name (from ``.env``); completed from the containers'
         environment.
+    :param log_lines: how many lines at the end of each worker's log are read (0: none).
+    :param log_tail_lines: how many of them each replica returns as ``log_tail``; the lines that show a fault
+        sign are returned as ``log_excerpt`` (at most :data:`LOG_EXCERPT_LINES`, cut to :data:`LOG_LINE_WIDTH`).
     :returns: ``{daemon, environment, services, containers, worker, images, job_containers, envs,
         api_calls}``.
         ``envs`` (service -> environment dict of the first container) holds secrets: it is for the
@@ -393,7 +451,7 @@ def discover(
         docs = [_inspect(client, e["Id"]) for e in entries]
         inspected[service] = [d for d in docs if d]
     envs: dict[str, dict[str, str]] = {}
-    for service in (WORKER_SERVICE, "app", "db", "ofelia"):
+    for service in (WORKER_SERVICE, "app", "db", "ofelia", "nginx"):
         for doc in inspected.get(service, []):
             envs.setdefault(service, env_to_dict((doc.get("Config") or {}).get("Env")))
     if environment is None:
@@ -420,6 +478,7 @@ def discover(
             "image_id": first.get("image_id"),
             "started_at": first.get("started_at"),
             "created": first.get("created"),
+            "ports": first.get("ports") or [],
         }
 
     # Workers: compose replicas and hand-started ones, with their effective configuration and log signs.
@@ -435,14 +494,22 @@ def discover(
         envs.setdefault(f"hand_started:{_name(entry)}", env_to_dict((doc.get("Config") or {}).get("Env")))
         hand.append(replica_facts(doc, network))
     for rep in replicas + hand:
-        if log_lines > 0 and (rep["running"] or rep["restarting"] or rep["restart_count"]):
-            try:
-                text = _decode(client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines)))
-            except Exception as exc:  # a log driver without read support: not a finding
-                rep["log"] = {"error": str(exc)}
-                continue
+        # A live worker's log gives the signs; a stopped one's only says why it stopped (no signs: its old
+        # lines must not raise problems about the present).
+        live = rep["running"] or rep["restarting"] or rep["restart_count"]
+        ever_started = not str(rep.get("started_at") or "0001").startswith("0001")
+        if log_lines <= 0 or not (live or ever_started):
+            continue
+        try:
+            text = _decode(client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines)))
+        except Exception as exc:  # a log driver without read support: not a finding
+            rep["log"] = {"error": str(exc)}
+            continue
+        if live:
             rep["log"] = log_signs(text)
-            rep["log_tail"] = text.splitlines()[-5:]
+        tail = text.splitlines()[-log_tail_lines:] if log_tail_lines > 0 else []
+        rep["log_tail"] = [clip_line(line) for line in tail]
+        rep["log_excerpt"] = log_excerpt(text)
 
     # Images: worker, app, QGIS (by the variables the worker uses).
     worker_name = next((n for n in names if normalise_image_ref(n) in images), names[0])

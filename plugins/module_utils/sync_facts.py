@@ -11,7 +11,9 @@ parameters (see ``plugins/modules/qfc_sync_facts.py``); missing keys take the mo
 from __future__ import annotations
 
 import datetime
+import http.client
 import json
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -42,11 +44,14 @@ DEFAULTS: dict[str, Any] = {
     "cron_max_age": 300,
     "crash_restarts": 3,
     "log_lines": 200,
+    "log_tail_lines": 5,
     "skip": [],
 }
-CHECKS = ("db", "queue", "app", "cron", "logs", "orphans")
+CHECKS = ("db", "queue", "app", "client", "cron", "logs", "orphans")
 STATUS_PATH = "/api/v1/status/"
 STATUS_COMPONENTS = ("database", "geodb", "storage")
+# Host names that a QField device cannot use to reach the server.
+LOCAL_HOSTS = ("localhost", "0.0.0.0", "::1", "[::1]")
 
 
 def parse_docker_time(value: str | None) -> float | None:
@@ -116,6 +121,144 @@ def check_app(url: str, host_header: str | None, timeout: float) -> dict[str, An
     fact["ok"] = status_ok(code, body)
     if not fact["ok"] and body is None:
         fact["error"] = "the answer is not JSON"
+    return fact
+
+
+def is_local_host(host: str | None) -> bool:
+    """True for names and addresses that only the server itself reaches (localhost, 127.x, ::1)."""
+    name = (host or "").strip().lower()
+    return name in LOCAL_HOSTS or name.startswith("127.") or name.endswith(".localhost")
+
+
+def _binding(ports: list[dict[str, Any]], port: int) -> dict[str, Any] | None:
+    return next((b for b in ports if b.get("port") == port and b.get("proto", "tcp") == "tcp"), None)
+
+
+def client_address(
+    host: str | None, nginx: dict[str, Any] | None, app: dict[str, Any] | None, docker_host: str | None = None
+) -> dict[str, Any]:
+    """The server URL a QField user enters, and where the Docker host itself reaches it.
+
+    ``nginx`` and ``app`` are service facts (``running``, ``ports`` as from ``stack.port_bindings``). nginx
+    wins when it runs and publishes 443 (https) or 80 (http); else the app's published 8000 (the development
+    override's ``DJANGO_DEV_PORT``, the guide's ``http://<host-ip>:8011``). Returns ``{url, via, scheme,
+    public_port, connect_host, connect_port, host_header, alternatives}``; ``url`` is None when no port is
+    published or no host is known.
+    """
+    candidates: list[tuple[str, str, int, dict[str, Any]]] = []
+    nginx_ports = ((nginx or {}).get("ports") or []) if (nginx or {}).get("running") else []
+    app_ports = ((app or {}).get("ports") or []) if (app or {}).get("running") else []
+    for via, ports, port, scheme in (("nginx", nginx_ports, 443, "https"), ("nginx", nginx_ports, 80, "http")):
+        bind = _binding(ports, port)
+        if bind:
+            candidates.append((via, scheme, port, bind))
+    bind = _binding(app_ports, 8000)
+    if bind:
+        candidates.append(("app", "http", 0, bind))
+    parsed = urllib.parse.urlsplit(docker_host or "")
+    remote = parsed.hostname if parsed.scheme in ("tcp", "http", "https") else None
+    result: dict[str, Any] = {"url": None, "via": None, "alternatives": []}
+    for via, scheme, default_port, bind in candidates:
+        public = int(bind["host_port"])
+        netloc = host if public == default_port else f"{host}:{public}"
+        url = f"{scheme}://{netloc}" if host else None
+        if result["via"] is None:
+            bound = str(bind.get("host_ip") or "")
+            result.update(
+                url=url,
+                via=via,
+                scheme=scheme,
+                public_port=public,
+                connect_host=remote or (bound if bound not in ("", "0.0.0.0", "::", "[::]") else "127.0.0.1"),
+                connect_port=public,
+                host_header=netloc if host else None,
+            )
+        elif url:
+            result["alternatives"].append(url)
+    return result
+
+
+def check_client(scheme: str, connect_host: str, port: int, host_header: str, timeout: float) -> dict[str, Any]:
+    """GET the status endpoint at ``connect_host:port`` with the ``Host`` header a QField device sends.
+
+    For https the certificate is not verified (this checks that nginx routes the name, not the certificate).
+    Returns ``{reachable, http_status, ok, error, duration_s}``; ``ok`` means HTTP 200 with a JSON object.
+    """
+    fact: dict[str, Any] = {"reachable": False, "ok": False}
+    if scheme == "https":
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            connect_host, port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(connect_host, port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        headers = {
+            "Host": host_header,
+            "Accept": "application/json",
+            "User-Agent": "fibreflow.qfieldcloud.qfc_sync_facts",
+        }
+        conn.request("GET", STATUS_PATH, headers=headers)
+        resp = conn.getresponse()
+        code, raw = resp.status, resp.read(65536)
+    except http.client.RemoteDisconnected:
+        fact["error"] = (
+            f"the connection was closed without an answer: nginx does this (444) when the Host header "
+            f"({host_header}) is not the name it serves"
+        )
+        fact["closed_without_answer"] = True
+    except Exception as exc:  # refused, timeout, TLS error
+        fact["error"] = str(exc) or type(exc).__name__
+    else:
+        try:
+            body = json.loads(raw.decode("utf-8", errors="replace") or "null")
+        except ValueError:
+            body = None
+        fact.update(reachable=True, http_status=code, ok=code == 200 and isinstance(body, dict))
+        if not fact["ok"]:
+            fact["error"] = f"HTTP {code}" + ("" if isinstance(body, dict) else ", the answer is not JSON")
+    finally:
+        conn.close()
+    fact["duration_s"] = round(time.monotonic() - started, 3)
+    return fact
+
+
+def client_facts(
+    dotenv: dict[str, str], envs: dict[str, dict[str, str]], services: dict[str, Any], opts: dict[str, Any]
+) -> dict[str, Any]:
+    """The ``client`` facts: the URL to type into QField, and whether the host reaches the API there."""
+    host, source = None, None
+    for name, env in ((".env", dotenv), ("app container", envs.get("app")), ("nginx container", envs.get("nginx"))):
+        if (env or {}).get("QFIELDCLOUD_HOST"):
+            host, source = env["QFIELDCLOUD_HOST"].strip(), name
+            break
+    nginx_host = (envs.get("nginx") or {}).get("QFIELDCLOUD_HOST")
+    address = client_address(host, services.get("nginx"), services.get("app"), opts.get("docker_host"))
+    fact: dict[str, Any] = {
+        "checked": True,
+        "host": host,
+        "host_source": source,
+        "nginx_host": nginx_host,
+        "local_host": is_local_host(host) if host else None,
+        **address,
+    }
+    if not host:
+        fact["error"] = "QFIELDCLOUD_HOST is set neither in .env nor in the app's environment"
+    elif not address["url"]:
+        fact["error"] = "neither nginx (80/443) nor the app (8000) publishes a port on the host"
+    else:
+        fact.update(
+            check_client(
+                address["scheme"],
+                address["connect_host"],
+                address["connect_port"],
+                address["host_header"],
+                float(opts["timeout"]),
+            )
+        )
     return fact
 
 
@@ -202,6 +345,7 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             environment=settings["environment"],
             qgis_images=settings["qgis_images"],
             log_lines=0 if "logs" in skip else int(opts["log_lines"]),
+            log_tail_lines=int(opts["log_tail_lines"]),
         )
     except Exception as exc:  # daemon down, socket missing, permission denied: a finding
         facts["daemon"] = {"reachable": False, "docker_host": opts["docker_host"], "error": str(exc)}
@@ -311,6 +455,14 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
                 }
             else:
                 facts["app"] = {"checked": False, "error": "the Docker daemon is unreachable"}
+
+    # -- QField client --------------------------------------------------------------------------------------------
+    # The address QField devices use, checked from the host with the Host header they send (nginx answers
+    # only for QFIELDCLOUD_HOST). Skipped with the app check: it is the same endpoint seen from outside.
+    if "client" in skip or "app" in skip or discovery is None:
+        facts["client"] = {"checked": False}
+    else:
+        facts["client"] = client_facts(dotenv, envs, facts["services"], opts)
 
     # -- Cron ------------------------------------------------------------------------------------------------------
     if "cron" in skip or discovery is None:

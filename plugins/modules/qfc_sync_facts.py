@@ -15,7 +15,8 @@ description:
     QFieldCloud compose stack, and names each problem with a stable code, the evidence and the remedy.
   - "It learns the stack in one pass: one container listing and one image listing on the Docker Engine API, one
     inspect per container of the project (and per worker started by hand), a bounded log read per worker, two SQL
-    round trips whatever the queue length, and one HTTP request to the status endpoint. It never shells out."
+    round trips whatever the queue length, and two HTTP requests to the status endpoint (on the project network, and
+    at the server URL QField users enter, from the host). It never shells out."
   - Only the named project's containers count. Workers started by hand and QGIS job containers belong to it only
     when they use its worker image or its network, so a second QFieldCloud on the same host is never mixed in.
   - "Database credentials and host come from the environment of the app (else the worker) container, so nothing has
@@ -104,6 +105,13 @@ options:
       - How many lines at the end of each worker's log to scan for known signs. V(0) reads no log.
     type: int
     default: 200
+  log_tail_lines:
+    description:
+      - How many of the last lines of each worker's log to return as C(log_tail) (redacted, each cut to 300
+        characters). The lines that show a known fault sign are returned as C(log_excerpt) (at most 20) and the
+        problems they explain carry them as C(evidence.log).
+    type: int
+    default: 5
   prometheus_textfile:
     description:
       - Path of a Prometheus textfile (for node_exporter's textfile collector, C(*.prom)) to write the metrics to.
@@ -114,17 +122,21 @@ options:
     description:
       - Checks a site does not have or does not want.
       - V(db) skips the database (and with it the queue), V(queue) keeps the connection check only, V(app) skips
-        the status endpoint, V(cron) the ofelia/cron check, V(logs) the worker log scan, V(orphans) the job
-        container check.
+        the status endpoint (and with it the client check), V(client) the check of the server URL QField users
+        enter, V(cron) the ofelia/cron check, V(logs) the worker log scan, V(orphans) the job container check.
     type: list
     elements: str
-    choices: [db, queue, app, cron, logs, orphans]
+    choices: [db, queue, app, client, cron, logs, orphans]
     default: []
 seealso:
   - module: fibreflow.qfieldcloud.qfc_worker
   - module: community.docker.docker_container_info
 notes:
   - Run it on the Docker host (the module's target), as a user that may use the Docker socket.
+  - "The client check connects from the Docker host to the port nginx publishes (443, else 80; without nginx the
+    app's published 8000) with the C(Host) header a QField device sends (C(QFIELDCLOUD_HOST), with the port when it
+    is not the scheme's default). For https the certificate is not verified: the check is about nginx routing the
+    name, not about TLS."
 """
 
 EXAMPLES = r"""
@@ -197,7 +209,10 @@ problems:
       type: str
       sample: "No worker_wrapper is running: jobs stay pending forever"
     evidence:
-      description: What was observed (container names, values, counts, log sign counts). Secrets masked.
+      description:
+        - What was observed (container names, values, counts, log sign counts). Secrets masked.
+        - For a worker problem, C(log) holds the last lines of the worker's log that explain it (at most 20, each cut
+          to 300 characters, secrets masked).
       type: dict
       sample: {"replicas_expected": 1, "replicas_running": 0, "containers": []}
     remedy:
@@ -222,7 +237,8 @@ ansible_facts:
           started_at, created);
           C(worker) (expected, replicas_expected, replicas_running, hand_started_running, replicas, hand_started;
           each replica has name, state, running, restart_count, started_at, user, networks, published_ports,
-          postgres_host, socket_mount, command, entrypoint, image, image_id, restart_policy, hardening, drift, log);
+          postgres_host, socket_mount, command, entrypoint, image, image_id, restart_policy, hardening, drift, log,
+          log_tail, log_excerpt);
           C(images) (worker, app, qgis - name, present, id, variable);
           C(database) (checked, reachable, error_kind, error, host, port, name, user, in_recovery, generation,
           lock_column, tables_present, missing_tables, migrations_applied, round_trips);
@@ -230,6 +246,9 @@ ansible_facts:
           oldest_pending_age_s, overdue_queued, overdue_started, overdue_jobs, failed_last_hour,
           finished_last_hour, pending_deltas, locked_projects);
           C(app) (checked, url, host_header, reachable, http_status, status, ok, error);
+          C(client) (checked, host, host_source, nginx_host, local_host, url - the server URL to enter in QField,
+          via - nginx or app, scheme, public_port, connect_host, connect_port, host_header, alternatives, reachable,
+          http_status, ok, error);
           C(cron) (checked, ofelia_present, ofelia_running, ofelia_stale, last_run, last_run_age_s);
           C(job_containers), C(orphan_job_containers), C(thresholds), C(checks_skipped), C(api_calls), C(duration_s).
       type: dict
@@ -275,6 +294,7 @@ def main() -> None:
             "job_timeout": {"type": "int"},
             "cron_max_age": {"type": "int", "default": 300},
             "log_lines": {"type": "int", "default": 200},
+            "log_tail_lines": {"type": "int", "default": 5},
             "prometheus_textfile": {"type": "path"},
             "skip": {"type": "list", "elements": "str", "choices": list(CHECKS), "default": []},
         },
@@ -295,6 +315,8 @@ def main() -> None:
         module.fail_json(msg=f"job_timeout must be a positive number of seconds, got {params['job_timeout']}.")
     if params["log_lines"] < 0:
         module.fail_json(msg=f"log_lines must be 0 (no log read) or more, got {params['log_lines']}.")
+    if params["log_tail_lines"] < 0:
+        module.fail_json(msg=f"log_tail_lines must be 0 or more, got {params['log_tail_lines']}.")
     if params["project_dir"] and not os.path.isdir(params["project_dir"]):
         module.fail_json(
             msg=f"project_dir {params['project_dir']} is not a directory on this host: give the directory that holds "

@@ -283,3 +283,30 @@ def test_two_stacks_side_by_side(standin, stack_factory):
     assert standin.wait_job(a, 60) == "finished" and other.wait_job(b, 60) == "finished"
     assert other.sql(f"SELECT count(*) FROM core_job WHERE id = '{a}'") == [["0"]]
     assert standin.env["WEB_HTTP_PORT"] != other.env["WEB_HTTP_PORT"]
+
+
+def test_nginx_host_mismatch_closes_connections_for_the_new_name_only(stack_factory):
+    stack = stack_factory()
+    old = stack.env["QFIELDCLOUD_HOST"]
+    stack.break_("nginx-host-mismatch")
+    new = stack.env["QFIELDCLOUD_HOST"]
+    assert new != old
+    nginx = stack.inspect(stack.containers("nginx", all_=False)[0])
+    assert f"QFIELDCLOUD_HOST={old}" in nginx["Config"]["Env"]  # restart kept the old environment
+    port = int(stack.env["WEB_HTTP_PORT"])
+
+    def status(host: str) -> bytes:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(f"GET /api/v1/status/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+                    return s.recv(100)
+            except ConnectionError:  # nginx is still restarting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    assert status(new) == b""  # 444 for the name the users now enter
+    assert status(old).startswith(b"HTTP/1.1 200")
+    assert stack.wait_job(stack.create_job(), 60) == "finished"  # app and worker are not affected

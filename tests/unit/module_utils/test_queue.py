@@ -144,13 +144,15 @@ class FakeConn:
 def test_read_database_two_round_trips():
     doc = {"counts": [], "claimable_pending": 0, "migrations_applied": 7, "job_statuses": {"j": "started"}}
     conn = FakeConn([row(), [doc]])
-    database, q = queue.read_database({"host": "h"}, 600, ["j"], connect=lambda **kw: conn)
+    job = "0b0e8a6e-4f3c-4d7a-9c55-2f1f8e0f6a11"
+    database, q = queue.read_database({"host": "h"}, 600, [job, "not-a-uuid"], connect=lambda **kw: conn)
     assert database["reachable"] is True
     assert database["round_trips"] == 2
     assert database["job_statuses"] == {"j": "started"}
     assert q["claimable_pending"] == 0
     assert conn.closed
-    assert conn.cur.queries[1][1] == {"timeout": 600.0, "job_ids": ["j"]}
+    # a label value that is not a uuid never reaches the uuid[] cast
+    assert conn.cur.queries[1][1] == {"timeout": 600.0, "job_ids": [job]}
 
 
 def test_read_database_without_tables_stops_after_catalog():
