@@ -142,11 +142,11 @@ PYTEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 test-integration:
-	$(BIN)/pytest $(XDIST) -m "not disruptive" tests/integration
+	$(BIN)/pytest $(XDIST) --durations=15 -m "not disruptive" tests/integration
 	$(if $(shell grep -rl 'pytest.mark.disruptive' tests/integration 2>/dev/null),$(BIN)/pytest -m disruptive tests/integration)
 
 test-harness:
-	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n 2 --dist load) tests/harness
+	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n 2 --dist load) --durations=10 tests/harness
 
 # ansible-test needs the collection in a real (not symlinked) .../ansible_collections/NS/NAME directory, so
 # it runs on a copy holding what git would see (tracked and untracked, minus .gitignore: no .venv,

@@ -10,7 +10,7 @@ vars=tests/output/standin/$name/standin-vars.yml
 out=tests/output/demo
 mkdir -p "$out"
 export PATH=$PWD/.venv/bin:$PATH ANSIBLE_CONFIG=$PWD/ansible.cfg ANSIBLE_NOCOLOR=1
-play=(ansible-playbook -i localhost, -c local -e "ansible_python_interpreter=$PWD/.venv/bin/python" -e "@$vars")
+play=(ansible-playbook -i 'localhost,' -c local -e "ansible_python_interpreter=$PWD/.venv/bin/python" -e "@$vars")
 summary=()
 t_all=$EPOCHREALTIME
 since() { awk "BEGIN { printf \"%.1f\", $EPOCHREALTIME - $1 }"; }

@@ -58,6 +58,7 @@ ensure_compose_v2() {
   echo "deb http://deb.debian.org/debian trixie main" >"$work/sources.list"
   local aptopts=(-o "Dir::Etc::SourceList=$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
     -o "Dir::State::Lists=$work/lists" -o "Dir::Cache::Archives=$work/archives" -o APT::Get::List-Cleanup=0)
+  aptopts+=(-o APT::Sandbox::User=root)
   apt-get "${aptopts[@]}" update -qq
   (cd "$work" && apt-get "${aptopts[@]}" download docker-compose >/dev/null)
   dpkg -x "$work"/docker-compose_*.deb "$work/root"
@@ -74,6 +75,18 @@ ensure_debootstrap() {
   apt_install debootstrap
 }
 
+# With shellcheck installed, `make sanity` (ansible-test) check the shell scripts too; without it that test is skipped.
+ensure_shellcheck() {
+  command -v shellcheck >/dev/null 2>&1 && return
+  if is_root && is_debian; then
+    log "shellcheck: installing"
+    apt_install shellcheck
+  else
+    log "shellcheck: not installed; ansible-test sanity will skip its shellcheck test"
+  fi
+}
+
 ensure_docker_engine
 ensure_compose_v2
 ensure_debootstrap
+ensure_shellcheck

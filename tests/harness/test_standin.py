@@ -210,7 +210,8 @@ def test_db_and_app_down(stack_factory):
     assert wait_for(lambda: stack.http("GET", "/api/v1/status/")[1].get("database") == "ok", 30)
     stack.break_("app-down")
     code, _ = stack.http("GET", "/api/v1/status/")
-    assert code == 502
+    # 502 once nginx knows the app is gone; 504 while it still holds the old address (resolver cache 10 s)
+    assert code in (502, 504)
 
 
 def test_queue_faults(stack_factory):

@@ -25,4 +25,4 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
   as_pg "$PGBIN/pg_ctl" -D "$PGDATA" -m fast -w stop >/dev/null
   echo "PostgreSQL init process complete; ready for start up."
 fi
-exec setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/postgres" -D "$PGDATA" ${STANDIN_DB_EXTRA_ARGS:-}
+exec setpriv --reuid=postgres --regid=postgres --init-groups "$PGBIN/postgres" -D "$PGDATA"

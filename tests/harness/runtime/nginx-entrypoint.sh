@@ -15,6 +15,7 @@ server {
   location / {
     set \$app_upstream http://app:8000;
     proxy_pass \$app_upstream;
+    proxy_connect_timeout 3s;
     proxy_set_header Host \$host;
     proxy_set_header X-Forwarded-For \$remote_addr;
     client_max_body_size 100m;
