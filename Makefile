@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule build changelog-lint demo clean
+	test-harness test-molecule test-disruptive build changelog-lint demo clean
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -119,6 +119,7 @@ test: setup
 	$(if $(call has_tests,tests/integration),layers+=(test-integration))
 	$(if $(call has_tests,tests/harness),layers+=(test-harness))
 	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
+	$(if $(shell grep -rl 'pytest.mark.disruptive' tests/integration 2>/dev/null),layers+=(test-disruptive))
 	summary=()
 	for layer in "$${layers[@]}"; do
 	  echo "=== make $$layer"
@@ -143,7 +144,10 @@ XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile
 
 test-integration:
 	$(BIN)/pytest $(XDIST) --durations=15 -m "not disruptive" tests/integration
-	$(if $(shell grep -rl 'pytest.mark.disruptive' tests/integration 2>/dev/null),$(BIN)/pytest -m disruptive tests/integration)
+
+# Restarts the Docker daemon: the last layer of `make test`, alone on the engine.
+test-disruptive:
+	$(BIN)/pytest -m disruptive tests/integration
 
 test-harness:
 	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n 2 --dist load) --durations=10 tests/harness
