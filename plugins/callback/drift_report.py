@@ -99,13 +99,13 @@ seealso:
 import datetime
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor, is_secret_key
 
@@ -517,20 +517,8 @@ def _yes_no(value: Any) -> str:
 
 
 def write_atomic(path: str, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (the collection's one writer, in module_utils/files.py)."""
+    files.atomic_write(path, text, mode=mode)
 
 
 def learn_secrets(redactor: Redactor, data: Any, depth: int = 0) -> None:

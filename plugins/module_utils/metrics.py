@@ -13,12 +13,10 @@ Only numbers and the label values project/code/severity/status/type/service are 
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 import time
 from typing import Any
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE
 
 PREFIX = "qfieldcloud"
@@ -176,24 +174,10 @@ def write_textfile(path: str, text: str) -> bool:
     ``os.replace`` is atomic and node_exporter never reads a half-written file) with a name starting with
     a dot and ending in ``.tmp`` (ignored by the textfile collector, which reads ``*.prom``).
     """
-    directory = os.path.dirname(os.path.abspath(path)) or "."
     try:
-        mode = os.stat(path).st_mode & 0o7777
         with open(path, encoding="utf-8") as handle:
             previous = handle.read()
     except FileNotFoundError:
-        mode = DEFAULT_MODE
         previous = None
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    files.atomic_write(path, text, mode=DEFAULT_MODE)  # an existing file keeps its own mode
     return previous is None or _without_timestamp(previous) != _without_timestamp(text)

@@ -26,6 +26,7 @@ from typing import Any
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose as compose_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files as files_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack as stack_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as spec
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor
@@ -748,9 +749,9 @@ class WorkerRun:
         if env_changes and env_before is not None and self.p.get("backup", True):
             self.details["backup_file"] = compose_mod.backup_file(env_path)
         if override_changes:
-            compose_mod.atomic_write(override_path, override_after, mode=0o644)
+            files_mod.atomic_write(override_path, override_after, mode=0o644)
         if env_changes:
-            compose_mod.atomic_write(env_path, env_after, mode=0o600)
+            files_mod.atomic_write(env_path, env_after, mode=0o600)
         for item in remove_hand:
             self._remove_container(engine, item)
         for item in stuck if up_needed else []:

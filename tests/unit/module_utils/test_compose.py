@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose, drain
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose, drain, files
 
 
 class _ComposeLoader(yaml.SafeLoader):
@@ -176,7 +176,7 @@ def test_atomic_write_keeps_mode_and_leaves_no_temp_file(tmp_path):
     path = tmp_path / ".env"
     path.write_text("A=1\n")
     os.chmod(path, 0o600)
-    compose.atomic_write(str(path), "A=2\n")
+    files.atomic_write(str(path), "A=2\n")
     assert path.read_text() == "A=2\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
@@ -184,7 +184,7 @@ def test_atomic_write_keeps_mode_and_leaves_no_temp_file(tmp_path):
 
 def test_atomic_write_new_file_gets_given_mode(tmp_path):
     path = tmp_path / "override.yml"
-    compose.atomic_write(str(path), "x: 1\n", mode=0o640)
+    files.atomic_write(str(path), "x: 1\n", mode=0o640)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
@@ -195,9 +195,9 @@ def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
     def boom(*_args):
         raise OSError("disk full")
 
-    monkeypatch.setattr(compose.os, "replace", boom)
+    monkeypatch.setattr(files.os, "replace", boom)
     with pytest.raises(OSError):
-        compose.atomic_write(str(path), "A=2\n")
+        files.atomic_write(str(path), "A=2\n")
     assert path.read_text() == "A=1\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
 
