@@ -16,9 +16,11 @@ The rule (documented in ``qfc_worker``):
   job that no running replica claims (left behind by a dead worker) does not block a repair;
   upstream's cron fails it after the timeout.
 
-Waiting is bounded by ``drain_timeout``; the stop itself then uses the service's grace period, and
-the worker finishes the job it holds when it receives SIGTERM, so a job claimed in the last poll
-before the stop also completes.
+Waiting is bounded by ``drain_timeout``. A drained replica then gets SIGTERM and ``IDLE_STOP_WAIT``
+seconds to exit, which an idle worker does at once. One still running after that is asked again: when
+the database can be read and shows that it holds no job (a replica cut off from its network, stuck in a
+query, cannot act on the signal), it is killed; otherwise it keeps the service's grace period, and the
+worker finishes the job it holds, so a job claimed in the last poll before the stop also completes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ DEQUEUED_RE = re.compile(r"Dequeued job ([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-
 IN_FLIGHT = ("queued", "started")
 DEQUEUE_BANNER = "Dequeue QFieldCloud Jobs"
 LOG_TAIL = 2000
+IDLE_STOP_WAIT = 15.0
 
 
 def last_dequeued_job(log_text: str) -> str | None:
@@ -106,3 +109,49 @@ def drain_message(busy: dict[str, str], timeout: float) -> str:
         f"worker replicas still busy after drain_timeout={timeout:g}s ({jobs}); nothing was stopped or"
         " recreated. Wait for the jobs to finish (or fail them) and run again, or raise drain_timeout."
     )
+
+
+def stop_idle(
+    names: list[str],
+    terminate: Callable[[str], None],
+    running: Callable[[str], bool],
+    confirmed_idle: Callable[[list[str]], set[str] | None],
+    kill: Callable[[str], None],
+    wait: float = IDLE_STOP_WAIT,
+    poll: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, str]:
+    """Stop drained replicas without waiting out their grace period when they hold no job.
+
+    :param terminate: sends a replica its stop signal.
+    :param running: tells whether a replica still runs.
+    :param confirmed_idle: the names among those given that the database shows holding no job, or ``None``
+        when the database cannot be read (then nothing is killed).
+    :param kill: stops a replica at once.
+    :returns: ``{name: outcome}``, outcome ``exited`` (it acted on the signal), ``killed`` (it ignored the
+        signal for ``wait`` seconds and holds no job) or ``left`` (it may hold a job: the caller's stop, with
+        the grace period, deals with it).
+    """
+    outcome: dict[str, str] = {}
+    for name in names:
+        terminate(name)
+    start = clock()
+    left = list(names)
+    while left:
+        left = [name for name in left if running(name)]
+        if not left or clock() - start >= wait:
+            break
+        sleep(min(poll, max(0.0, wait - (clock() - start))))
+    for name in names:
+        if name not in left:
+            outcome[name] = "exited"
+    if left:
+        idle = confirmed_idle(left) or set()
+        for name in left:
+            if name in idle:
+                kill(name)
+                outcome[name] = "killed"
+            else:
+                outcome[name] = "left"
+    return outcome

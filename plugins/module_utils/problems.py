@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
 
 SEVERITIES = ("critical", "error", "warning")
@@ -230,8 +231,21 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "summary": "Jobs are queued or started for longer than the job timeout",
         "meaning": "A stuck job blocks every later job of its project; the cron only fails 'started' ones.",
         "detection": "queued jobs whose updated_at, or started jobs whose started_at, is older than job_timeout.",
-        "remedy": "Check the worker and its QGIS containers; once no worker runs them, set them failed: "
-        f"`{COMPOSE} exec app python manage.py runcrons` (started jobs), or `{PLAY_MAINT}`.",
+        "remedy": "When their worker process is gone the jobs are also listed as `jobs_orphaned`, which "
+        f"`{PLAY_SITE}` recovers. A job a running worker still holds is running long: look at its QGIS container "
+        "(`docker ps --filter label=job_id=<id>`); upstream's cron fails a started job after the job timeout "
+        f"(`{COMPOSE} exec app python manage.py runcrons`), never a queued one.",
+    },
+    "jobs_orphaned": {
+        "severity": "error",
+        "summary": "Jobs are queued or started by a worker process that no longer exists",
+        "meaning": "The worker that claimed them died (Docker daemon or host restarted, container killed): a "
+        "queued job blocks its project for ever, a started one until the cron fails it after the job timeout.",
+        "detection": "queued/started jobs that no running replica's current process names in its last "
+        "'Dequeued job' line and no running QGIS container carries, last changed before every running replica's "
+        "process started.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker puts queued jobs and started package/process_projectfile jobs back "
+        "to pending and fails other started ones, as the cron would), or set them by hand in core_job.",
     },
     "jobs_failing": {
         "severity": "warning",
@@ -654,10 +668,35 @@ def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
                 "jobs": list(queue.get("overdue_jobs") or [])[:10],
             },
         )
+    orphaned = find_orphaned_jobs(facts)
+    if orphaned:
+        out.add(
+            "jobs_orphaned",
+            {
+                "count": len(orphaned),
+                "jobs": [
+                    {"id": job["id"], "status": job["status"], "type": job["type"], "recovery": job["action"]}
+                    for job in orphaned[:10]
+                ],
+            },
+        )
     failed = int(queue.get("failed_last_hour") or 0)
     finished = int(queue.get("finished_last_hour") or 0)
     if failed and failed > finished:
         out.add("jobs_failing", {"failed_last_hour": failed, "finished_last_hour": finished})
+
+
+def find_orphaned_jobs(facts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The open jobs whose worker process is gone (``orphans.find`` on the facts of one pass)."""
+    queue = facts.get("queue") or {}
+    replicas, hand = _workers(facts)
+    running = [rep for rep in replicas + hand if rep.get("running")]
+    held = {(rep.get("log") or {}).get("last_job") for rep in running}
+    held |= {job.get("job_id") for job in facts.get("job_containers") or [] if job.get("running")}
+    starts = [orphans_mod.docker_time(rep.get("started_at")) for rep in running]
+    if any(start is None or "log" not in rep or "error" in rep["log"] for rep, start in zip(running, starts)):
+        return []  # a replica whose log or start could not be read may hold any job: nothing is proven
+    return orphans_mod.find(queue.get("in_flight_jobs") or [], held, starts)
 
 
 def _detect_app(facts: dict[str, Any], out: _Collector) -> None:

@@ -28,6 +28,8 @@ import time
 import traceback
 from typing import Any, Callable, Iterable
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
+
 try:
     import psycopg2
 
@@ -148,6 +150,7 @@ def _locked_expr(catalog: dict[str, Any], alias: str = "p") -> str:
 # Jobs counted by status and type: every open job, and every job created within this window. Finished
 # jobs pile up for years on a real server; counting them all would read the whole table on every call.
 COUNTS_WINDOW = "24 hours"
+IN_FLIGHT_LIMIT = orphans_mod.LIMIT
 
 
 def queue_sql(catalog: dict[str, Any]) -> str:
@@ -185,6 +188,10 @@ def queue_sql(catalog: dict[str, Any]) -> str:
         " WHERE status = 'pending'),",
         "  'overdue', (SELECT coalesce(json_agg(json_build_array(id, status, type, age) ORDER BY age DESC),"
         " '[]'::json) FROM (SELECT * FROM overdue ORDER BY age DESC LIMIT 20) o),",
+        # Open jobs with the time of their last change: orphan detection (see orphans.py).
+        "  'in_flight', (SELECT coalesce(json_agg(json_build_array(id, status, type, touched)), '[]'::json) FROM"
+        " (SELECT id, status, type, extract(epoch FROM greatest(updated_at, started_at, created_at)) AS touched"
+        f" FROM core_job WHERE status IN ('queued', 'started') ORDER BY updated_at LIMIT {IN_FLIGHT_LIMIT}) f),",
         "  'overdue_queued', (SELECT count(*) FROM overdue WHERE status = 'queued'),",
         "  'overdue_started', (SELECT count(*) FROM overdue WHERE status = 'started'),",
         # A job's updated_at moves when it finishes, so the updated_at index bounds these to the last hour.
@@ -240,6 +247,11 @@ def summarise_queue(doc: dict[str, Any]) -> dict[str, Any]:
         "overdue_jobs": [
             {"id": str(i), "status": s, "type": t, "age_s": round(float(a), 1)}
             for i, s, t, a in doc.get("overdue") or []
+        ],
+        "in_flight_jobs": [
+            {"id": str(i).lower(), "status": s, "type": t, "touched": float(w)}
+            for i, s, t, w in doc.get("in_flight") or []
+            if w is not None
         ],
         "failed_last_hour": int(doc.get("failed_last_hour") or 0),
         "finished_last_hour": int(doc.get("finished_last_hour") or 0),

@@ -34,6 +34,8 @@ except ImportError:  # reported by the module with missing_required_lib()
     HAS_DOCKER = False
     DOCKER_IMPORT_ERROR = traceback.format_exc()
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import env_to_dict
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_spec import (
     DOCKER_SOCKET,
@@ -294,15 +296,55 @@ def log_excerpt(text: str, max_lines: int = LOG_EXCERPT_LINES, width: int = LOG_
     return found[-max_lines:] if max_lines > 0 else []
 
 
+# Signs of a database the worker could not reach: history once the same process has said it is ready.
+DB_WAIT_SIGNS = ("postgres_not_ready", "host_unresolved")
+
+
+def split_current_run(text: str, started_at: str | None) -> tuple[str, str]:
+    """Split a log read with ``timestamps=True`` into ``(whole log, current process's log)``, stamps removed.
+
+    The current process's log is the lines stamped at or after ``started_at`` (the container's
+    ``State.StartedAt``): the earlier runs of a restarted container (before a Docker daemon restart, or
+    in a crash loop) must not raise problems about the present. Lines without a stamp go with the line
+    before them; a log without stamps is the current process's whole.
+    """
+    start = orphans_mod.docker_time(started_at)
+    whole: list[str] = []
+    current: list[str] = []
+    in_current = True
+    for line in text.splitlines():
+        stamp, _sep, rest = line.partition(" ")
+        when = orphans_mod.docker_time(stamp) if stamp[:1].isdigit() else None
+        if when is None:
+            rest = line
+        elif start is not None:
+            in_current = when >= start - 1e-6
+        whole.append(rest)
+        if in_current:
+            current.append(rest)
+    return "\n".join(whole), "\n".join(current)
+
+
 def log_signs(text: str) -> dict[str, Any]:
-    """Count the known signs in a worker's log tail (see :data:`LOG_PATTERNS`)."""
+    """Count the known signs in the log of a worker's current process (see :data:`LOG_PATTERNS`).
+
+    The database-wait signs count only after the last ``Postgres is ready`` line: the entrypoint's retries
+    before the database answered are history once it has. ``last_job`` is the job of the last
+    ``Dequeued job`` line.
+    """
     lines = text.splitlines()
     counts: dict[str, Any] = {key: 0 for key in LOG_PATTERNS}
     for line in lines:
         for key, pattern in LOG_PATTERNS.items():
             if pattern.search(line):
+                if key == "postgres_ready":
+                    for sign in DB_WAIT_SIGNS:
+                        counts[sign] = 0
                 counts[key] += 1
+    counts["last_job"] = drain_mod.last_dequeued_job(text)
     counts["dequeue_banner"] = counts["dequeue_banner"] > 0
+    # Past the banner: it is in the log read, or a job was dequeued since (the banner may be further back).
+    counts["dequeuing"] = counts["dequeue_banner"] or counts["dequeued_jobs"] > 0
     counts["lines_scanned"] = len(lines)
     return counts
 
@@ -501,15 +543,18 @@ def discover(
         if log_lines <= 0 or not (live or ever_started):
             continue
         try:
-            text = _decode(client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines)))
+            raw = _decode(client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines), timestamps=True))
         except Exception as exc:  # a log driver without read support: not a finding
             rep["log"] = {"error": str(exc)}
             continue
+        text, current = split_current_run(raw, rep.get("started_at"))
         if live:
-            rep["log"] = log_signs(text)
+            rep["log"] = log_signs(current)
         tail = text.splitlines()[-log_tail_lines:] if log_tail_lines > 0 else []
         rep["log_tail"] = [clip_line(line) for line in tail]
-        rep["log_excerpt"] = log_excerpt(text)
+        # The lines that explain a problem come from the current process; from earlier runs only when it has
+        # said nothing yet (a crash loop just restarted).
+        rep["log_excerpt"] = log_excerpt(current) or log_excerpt(text)
 
     # Images: worker, app, QGIS (by the variables the worker uses).
     worker_name = next((n for n in names if normalise_image_ref(n) in images), names[0])

@@ -27,6 +27,7 @@ from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compo
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files as files_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack as stack_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as spec
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor
@@ -246,23 +247,33 @@ class Engine:
 # --------------------------------------------------------------------------------------------
 
 
-def job_statuses(db: dict[str, Any] | None, job_ids: list[str], timeout: float = 5) -> dict[str, str] | None:
-    """Return ``{job id: status}`` for ``job_ids`` with one query, or ``None`` when the DB cannot be read."""
-    if not job_ids:
+def _connect(db: dict[str, Any], timeout: float = 5) -> Any:
+    """Open a psycopg2 connection to the project's database (raises what psycopg2 raises)."""
+    return psycopg2.connect(
+        host=db["host"],
+        port=int(db.get("port") or 5432),
+        dbname=db.get("dbname"),
+        user=db.get("user"),
+        password=db.get("password"),
+        sslmode=db.get("sslmode") or "prefer",
+        connect_timeout=int(max(1, timeout)),
+        application_name="fibreflow-qfc_worker",
+    )
+
+
+def job_statuses(
+    db: dict[str, Any] | None, job_ids: list[str], timeout: float = 5, connect_always: bool = False
+) -> dict[str, str] | None:
+    """Return ``{job id: status}`` for ``job_ids`` with one query, or ``None`` when the DB cannot be read.
+
+    With no ids it returns ``{}`` without connecting, unless ``connect_always`` asks to know that the database
+    answers."""
+    if not job_ids and not connect_always:
         return {}
     if not db or not HAS_PSYCOPG2:
         return None
     try:
-        conn = psycopg2.connect(
-            host=db["host"],
-            port=int(db.get("port") or 5432),
-            dbname=db.get("dbname"),
-            user=db.get("user"),
-            password=db.get("password"),
-            sslmode=db.get("sslmode") or "prefer",
-            connect_timeout=int(max(1, timeout)),
-            application_name="fibreflow-qfc_worker",
-        )
+        conn = _connect(db, timeout)
     except Exception:
         return None
     try:
@@ -310,6 +321,7 @@ class WorkerRun:
         self.warnings: list[str] = []
         self.redactor = Redactor()
         self.details: dict[str, Any] = {}
+        self._scope: dict[str, Any] = {}
 
     # ---- shared ------------------------------------------------------------------------
 
@@ -370,22 +382,148 @@ class WorkerRun:
                 option="db_host",
             ) from None
 
+    def _current(self, engine: Engine, replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Re-read ``replicas``: their state now and the job each one's current process last dequeued."""
+        current = []
+        for replica in replicas:
+            attrs = engine.inspect(replica["id"])
+            if attrs is None:
+                continue
+            fresh = replica_from_inspect(attrs)
+            fresh["last_job"] = drain_mod.last_dequeued_job(engine.logs_since_start(fresh))
+            current.append(fresh)
+        return current
+
     def _busy_probe(self, engine: Engine, replicas: list[dict[str, Any]], db: dict[str, Any]):
         def probe() -> dict[str, str]:
-            current = []
-            for replica in replicas:
-                attrs = engine.inspect(replica["id"])
-                if attrs is None:
-                    continue
-                fresh = replica_from_inspect(attrs)
-                fresh["last_job"] = drain_mod.last_dequeued_job(engine.logs_since_start(fresh))
-                current.append(fresh)
+            current = self._current(engine, replicas)
             jobs = [item["last_job"] for item in current if item.get("last_job") and item.get("running")]
             statuses = job_statuses(db, jobs)
             containers = engine.running_job_containers() if statuses is None else None
             return drain_mod.busy_replicas(current, statuses, containers)
 
         return probe
+
+    def _confirmed_idle(self, engine: Engine, replicas: list[dict[str, Any]], db: dict[str, Any] | None):
+        """Return the names among ``replicas`` that the database shows holding no job, or ``None``.
+
+        ``None`` (nothing confirmed) when the database cannot be read, or when a QGIS job container runs a job
+        that is in flight in the database and none of ``replicas`` names it as its last: a replica may hold it
+        although its log does not say so (or one outside ``replicas`` does; either way, nothing is killed).
+        """
+        current = self._current(engine, replicas)
+        claimed = {item["last_job"] for item in current if item.get("last_job")}
+        containers = engine.running_job_containers()
+        statuses = job_statuses(db, sorted(claimed | containers), connect_always=True)
+        if statuses is None:
+            return None
+        if any(statuses.get(job) in drain_mod.IN_FLIGHT for job in containers - claimed):
+            return None
+        busy = drain_mod.busy_replicas(current, statuses)
+        return {item["name"] for item in current if item.get("running") and item["name"] not in busy}
+
+    def _stop_idle(self, engine: Engine, replicas: list[dict[str, Any]], db: dict[str, Any] | None) -> None:
+        """After the drain: stop the replicas that hold no job before compose (or the stop below) does.
+
+        compose stops a replica with the service's grace period (15 min upstream), which is there for a worker
+        finishing its job. An idle worker exits on SIGTERM at once; one that does not within
+        ``drain.IDLE_STOP_WAIT`` seconds while the database shows it holds no job is stuck (cut off from its
+        network in the middle of a query, say) and is killed. Everything else keeps its grace period.
+        """
+        by_name = {item["name"]: item for item in replicas if item.get("running")}
+        if not by_name:
+            return
+
+        def terminate(name: str) -> None:
+            attrs = engine.inspect(by_name[name]["id"]) or {}
+            signal = (attrs.get("Config") or {}).get("StopSignal") or "SIGTERM"
+            with contextlib.suppress(DockerException):
+                engine.api.kill(by_name[name]["id"], signal=signal)
+
+        def running(name: str) -> bool:
+            attrs = engine.inspect(by_name[name]["id"])
+            return bool(attrs and (attrs.get("State") or {}).get("Running"))
+
+        def confirmed_idle(names: list[str]) -> set[str] | None:
+            return self._confirmed_idle(engine, [by_name[name] for name in names], db)
+
+        def kill(name: str) -> None:
+            with contextlib.suppress(DockerException):
+                engine.api.kill(by_name[name]["id"])
+
+        outcome = drain_mod.stop_idle(sorted(by_name), terminate, running, confirmed_idle, kill)
+        for name in sorted(name for name, how in outcome.items() if how == "killed"):
+            self.actions.append(
+                f"killed {name}: it ignored SIGTERM for {drain_mod.IDLE_STOP_WAIT:g}s and the database shows it"
+                " holds no job"
+            )
+        self.details.setdefault("stopped", {}).update(outcome)
+
+    def _running_workers(self, engine: Engine, project: str) -> list[dict[str, Any]] | None:
+        """Every running dequeue worker of ``project`` (compose replicas and hand-started ones) with its current
+        process's last job, or ``None`` when one of them cannot be read (then nothing is proven)."""
+        workers = []
+        for summary in engine.api.containers(filters={"status": "running"}):
+            if "dequeue" not in str(summary.get("Command") or ""):
+                continue
+            attrs = engine.inspect(summary["Id"])
+            if attrs is None:
+                continue
+            replica = replica_from_inspect(attrs)
+            if project not in (replica.get("compose_project"), replica.get("env_project")):
+                continue
+            if not spec.is_dequeue_command(replica["command"]) or not replica.get("running"):
+                continue
+            replica["process_start"] = orphans_mod.docker_time(replica.get("started_at"))
+            if replica["process_start"] is None:
+                return None
+            replica["last_job"] = drain_mod.last_dequeued_job(engine.logs_since_start(replica))
+            workers.append(replica)
+        return workers
+
+    def _orphaned_jobs(self, engine: Engine) -> None:
+        """Recover the jobs whose worker process is gone (see ``orphans.py``); in check mode only report them.
+
+        Runs after the worker set is right (or would be, in check mode), so the running workers' processes are
+        the ones that will pick the jobs up again.
+        """
+        scope = self._scope
+        db = self._db_settings(engine, scope["project"], scope["network"], scope.get("env"))
+        if not db or not HAS_PSYCOPG2:
+            return
+        workers = self._running_workers(engine, scope["project"])
+        if not workers:
+            return
+        try:
+            conn = _connect(db)
+        except Exception:  # the database cannot be read: nothing to prove; qfc_sync_facts reports it
+            return
+        try:
+            held = {item["last_job"] for item in workers if item.get("last_job")} | engine.running_job_containers()
+            found = orphans_mod.find(
+                orphans_mod.read_in_flight(conn), held, [item["process_start"] for item in workers]
+            )
+            if not found:
+                return
+            for job in found:
+                self._drift(
+                    None,
+                    {
+                        "field": "job",
+                        "expected": f"{job['id']} held by a running worker, or pending",
+                        "actual": f"{job['status']} ({job['type']}) by a worker process that is gone",
+                        "code": orphans_mod.CODE,
+                    },
+                )
+            done = found if self.check else orphans_mod.recover(conn, found)
+        finally:
+            conn.close()
+        for job in done:
+            what = "put back to pending" if job["action"] == "requeue" else "set failed (it may have run in part)"
+            self.actions.append(f"job {job['id']} ({job['status']} {job['type']}, its worker process is gone): {what}")
+        self.details["orphaned_jobs"] = [
+            {"id": job["id"], "status": job["status"], "type": job["type"], "recovery": job["action"]} for job in done
+        ]
 
     def _drain(self, engine: Engine, replicas: list[dict[str, Any]], db: dict[str, Any]) -> None:
         running = [item for item in replicas if item.get("running")]
@@ -479,6 +617,8 @@ class WorkerRun:
                     self._run_compose(engine, settings, state, timeout)
                 else:
                     self._run_standalone(engine, settings, state, timeout)
+                if self._scope.get("running") and (self.p.get("orphaned_jobs") or "recover") != "keep":
+                    self._orphaned_jobs(engine)
         except compose_mod.LockTimeout as exc:
             raise WorkerError(str(exc), option="lock_timeout") from None
         self.changed = bool(self.actions)
@@ -733,6 +873,7 @@ class WorkerRun:
                     {k: v for k, v in self._expected_view(expected, command, False).items() if k != "running"}
                 )
         self._container_diff(before_view, after_view)
+        self._scope = {"project": project, "network": network, "env": app_env, "running": want_running}
 
         if self.check or not self.actions:
             return
@@ -752,11 +893,13 @@ class WorkerRun:
             files_mod.atomic_write(override_path, override_after, mode=0o644)
         if env_changes:
             files_mod.atomic_write(env_path, env_after, mode=0o600)
-        for item in remove_hand:
-            self._remove_container(engine, item)
         for item in stuck if up_needed else []:
             with contextlib.suppress(NotFound):
                 engine.api.stop(item["id"], timeout=STUCK_STOP_TIMEOUT)
+        stuck_ids = {item["id"] for item in stuck} if up_needed else set()
+        self._stop_idle(engine, [item for item in to_stop if item["id"] not in stuck_ids], db)
+        for item in remove_hand:
+            self._remove_container(engine, item)
         up_timeout = max(timeout, 60) + DEFAULT_STOP_TIMEOUT
         try:
             if up_needed:
@@ -976,10 +1119,12 @@ class WorkerRun:
                 name = base_name if number == 1 else f"{base_name}-{number}"
                 after_view[name] = self._expected_view(expected, command, want_running)
         self._container_diff(before_view, after_view)
+        self._scope = {"project": project, "network": network, "env": app_env or env, "running": want_running}
         if self.check or not self.actions:
             return
         db = self._db_settings(engine, project, network, app_env or env)
         self._drain(engine, recreate + remove + stop + (list(existing) if state == "restarted" else []), db)
+        self._stop_idle(engine, recreate + remove + stop + (list(existing) if state == "restarted" else []), db)
         for replica in remove + recreate:
             self._remove_container(engine, replica)
         for replica in stop:

@@ -34,8 +34,10 @@ description:
     seconds, until that replica has no job C(queued) or C(started). The job a replica may be running is the one of
     the last C(Dequeued job <id>, run!) line of its current process's log; the replica is busy while that job is
     C(queued) or C(started) in the database (or, when the database cannot be read, while a QGIS job container
-    labelled with that C(job_id) runs). If the time runs out the module fails and changes nothing. Stops use the
-    service's grace period, and the worker finishes the job it holds when it receives SIGTERM."
+    labelled with that C(job_id) runs). If the time runs out the module fails and changes nothing. A drained
+    replica then gets SIGTERM and 15 seconds to exit; one that ignores it while the database shows it holds no job
+    (cut off from its network in the middle of a query) is killed. Every other stop uses the service's grace period,
+    and the worker finishes the job it holds when it receives SIGTERM."
   - Concurrent runs for one compose project on one host serialise on an C(fcntl) lock file under C(/run/lock);
     a second run waits up to O(lock_timeout) seconds, then fails. Files are written atomically (temporary file in
     the same directory, fsync, rename), so a run killed midway leaves C(.env) and the override whole and the next
@@ -140,6 +142,20 @@ options:
         reported in RV(hand_started) and a warning either way.
     type: bool
     default: false
+  orphaned_jobs:
+    description:
+      - What to do, once the worker runs as it must, with jobs left C(queued) or C(started) by a worker process
+        that no longer exists (the Docker daemon or the host restarted, a container was killed). A job is
+        orphaned when no running worker's current process names it in its last C(Dequeued job) line, no running
+        QGIS job container carries it, and it last changed before every running worker's process started.
+      - V(recover) puts C(queued) jobs (they never ran) and C(started) C(package) and C(process_projectfile) jobs
+        (their work is repeatable) back to C(pending), and sets other C(started) jobs (a C(delta_apply) may have
+        written part of its deltas) C(failed) with the reason in their C(output), as upstream's cron does after
+        the job timeout. Each update re-checks the state it read. Reported in RV(drift) as C(jobs_orphaned).
+      - V(keep) leaves them (a C(queued) one then blocks its project until someone acts).
+    type: str
+    choices: [recover, keep]
+    default: recover
   drain_timeout:
     description: Seconds to wait for a replica's job in flight to finish before stopping or replacing it.
     type: int
@@ -289,6 +305,17 @@ option:
   description: The option a failure concerns.
   returned: on failure caused by an option's value
   type: str
+orphaned_jobs:
+  description: The jobs recovered (or, in check mode, that would be), with C(id), C(status), C(type) and
+    C(recovery) (V(requeue) or V(fail)). See O(orphaned_jobs).
+  returned: when orphaned jobs were found
+  type: list
+  elements: dict
+stopped:
+  description: How each drained replica stopped before compose replaced it, V(exited) on SIGTERM, V(killed) (it
+    ignored SIGTERM and held no job) or V(left) (stopped by compose with the grace period).
+  returned: when replicas were stopped
+  type: dict
 drain_waited_s:
   description: Seconds spent waiting for jobs in flight.
   returned: when replicas were drained
@@ -320,6 +347,7 @@ def main() -> None:
             "image": {"type": "str"},
             "container_name": {"type": "str", "default": "qfieldcloud-worker"},
             "remove_hand_started": {"type": "bool", "default": False},
+            "orphaned_jobs": {"type": "str", "default": "recover", "choices": ["recover", "keep"]},
             "drain_timeout": {"type": "int", "default": 900},
             "lock_timeout": {"type": "int", "default": 300},
             "backup": {"type": "bool", "default": True},

@@ -385,3 +385,71 @@ def test_never_reached_database():
     assert not drain.never_reached_database("Waiting for postgres...\n")
     assert not drain.never_reached_database(waiting + "Postgres is ready! ✨ 💅\n")
     assert not drain.never_reached_database(waiting + '{"message": "Dequeue QFieldCloud Jobs from the DB"}\n')
+
+
+class FakeReplicas:
+    """Replicas for drain.stop_idle: which ones exit on the signal, which ones the database shows idle."""
+
+    def __init__(self, exits_on_term: set[str], idle: set[str] | None) -> None:
+        self.exits_on_term = exits_on_term
+        self.idle = idle
+        self.alive = {"w-1", "w-2", "w-3"}
+        self.terminated: list[str] = []
+        self.killed: list[str] = []
+        self.asked: list[list[str]] = []
+        self.now = 0.0
+
+    def terminate(self, name: str) -> None:
+        self.terminated.append(name)
+        if name in self.exits_on_term:
+            self.alive.discard(name)
+
+    def running(self, name: str) -> bool:
+        return name in self.alive
+
+    def confirmed_idle(self, names: list[str]) -> set[str] | None:
+        self.asked.append(list(names))
+        return None if self.idle is None else self.idle & set(names)
+
+    def kill(self, name: str) -> None:
+        self.killed.append(name)
+        self.alive.discard(name)
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def run(self, names: list[str]) -> dict[str, str]:
+        return drain.stop_idle(
+            names,
+            self.terminate,
+            self.running,
+            self.confirmed_idle,
+            self.kill,
+            wait=15,
+            sleep=self.sleep,
+            clock=lambda: self.now,
+        )
+
+
+def test_stop_idle_replicas_that_exit_are_never_asked_about_or_killed():
+    fake = FakeReplicas(exits_on_term={"w-1", "w-2"}, idle={"w-1", "w-2"})
+    assert fake.run(["w-1", "w-2"]) == {"w-1": "exited", "w-2": "exited"}
+    assert fake.terminated == ["w-1", "w-2"]
+    assert fake.killed == [] and fake.asked == []
+    assert fake.now == 0
+
+
+def test_stop_idle_kills_only_a_stuck_replica_the_database_shows_idle():
+    # w-2 ignores SIGTERM and holds no job (cut off from its network); w-3 ignores it while finishing a job.
+    fake = FakeReplicas(exits_on_term={"w-1"}, idle={"w-1", "w-2"})
+    assert fake.run(["w-1", "w-2", "w-3"]) == {"w-1": "exited", "w-2": "killed", "w-3": "left"}
+    assert fake.killed == ["w-2"]
+    assert fake.asked == [["w-2", "w-3"]]  # asked once, after the wait, about those still running
+    assert fake.now >= 15
+    assert "w-3" in fake.alive  # left to the grace period of the caller's stop
+
+
+def test_stop_idle_kills_nothing_when_the_database_cannot_be_read():
+    fake = FakeReplicas(exits_on_term=set(), idle=None)
+    assert fake.run(["w-1", "w-2"]) == {"w-1": "left", "w-2": "left"}
+    assert fake.killed == []
