@@ -296,7 +296,9 @@ def load_module(name: str, path: Path):
 
 
 standin_py = load_module("bench_standin", REPO / "tests" / "standin.py")
-queue_py = load_module("bench_queue", REPO / "plugins" / "module_utils" / "queue.py")
+# The collection's module_utils import each other by their collection path (`make setup` links collections/).
+sys.path.insert(0, str(REPO / "collections"))
+queue_py = importlib.import_module("ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.queue")
 
 
 class Stacks:

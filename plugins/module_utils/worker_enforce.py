@@ -568,6 +568,19 @@ class WorkerRun:
             "running": running,
         }
 
+    def _image_missing(self, image: str, build: str) -> None:
+        """Report the missing worker image with the command that builds it; outside check mode, fail."""
+        self._drift(None, {"field": "image", "expected": image, "actual": None, "code": CODE_IMAGE_MISSING})
+        self.details.update({"image_missing": True, "build_command": build})
+        if not self.check:
+            raise WorkerError(
+                f"{CODE_IMAGE_MISSING}: the worker image {image!r} does not exist; build it first: {build}",
+                option="image",
+                code=CODE_IMAGE_MISSING,
+                build_command=build,
+                drift=self.drift,
+            )
+
     def _container_diff(self, before: dict[str, Any], after: dict[str, Any]) -> None:
         if before != after:
             self.diffs.append(
@@ -800,17 +813,7 @@ class WorkerRun:
 
         # Plan.
         if image_data is None and want_running and replicas > 0:
-            self._drift(None, {"field": "image", "expected": image, "actual": None, "code": CODE_IMAGE_MISSING})
-            build = cli.build_command(service)
-            self.details.update({"image_missing": True, "build_command": build})
-            if not self.check:
-                raise WorkerError(
-                    f"{CODE_IMAGE_MISSING}: the worker image {image!r} does not exist; build it first: {build}",
-                    option="image",
-                    code=CODE_IMAGE_MISSING,
-                    build_command=build,
-                    drift=self.drift,
-                )
+            self._image_missing(image, cli.build_command(service))
         if override_changes:
             self.actions.append(f"write {override_path}")
             self.diffs.append(
@@ -1095,15 +1098,7 @@ class WorkerRun:
                 if settings.get("project_dir")
                 else f"docker build -t {image} <worker build context>"
             )
-            self._drift(None, {"field": "image", "expected": image, "actual": None, "code": CODE_IMAGE_MISSING})
-            self.details.update({"image_missing": True, "build_command": build})
-            if not self.check:
-                raise WorkerError(
-                    f"{CODE_IMAGE_MISSING}: the worker image {image!r} does not exist; build it first: {build}",
-                    option="image",
-                    code=CODE_IMAGE_MISSING,
-                    build_command=build,
-                )
+            self._image_missing(image, build)
         self.actions += [f"recreate {r['name']} (after drain)" for r in recreate if want_running]
         self.actions += [f"create {n}" for n in create_names if want_running]
         self.actions += [f"start {r['name']}" for r in start]

@@ -18,6 +18,7 @@ docs/reliability.md.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -367,8 +368,14 @@ def test_slow_database_is_a_finding_within_the_timeout(services):
 
 
 def test_database_restarted_during_verify(services, tmp_path):
+    """The database restarts while verify.yml's probe job waits: the worker's connection dies under it, it
+    reconnects and runs the job. The worker is paused while the probe job is created and the database restarts,
+    so that the restart cannot fall in the middle of the job (a restart there leaves the job `started` by a live
+    worker, upstream's behaviour too: see docs/reliability.md)."""
     stack = services
     before = {row[0] for row in stack.sql("SELECT id FROM core_job")}
+    (worker,) = worker_ids(stack)
+    subprocess.run(["docker", "pause", worker], check=True, capture_output=True)
     cmd = [
         str(VENV_BIN / "ansible-playbook"),
         "playbooks/verify.yml",
@@ -391,8 +398,11 @@ def test_database_restarted_during_verify(services, tmp_path):
             rows = [row[0] for row in stack.sql("SELECT id FROM core_job") if row[0] not in before]
             probe = rows[0] if rows else None
             time.sleep(0.2)
-        assert probe, "verify.yml created no probe job"
-        stack.compose("restart", "db")  # while the probe job waits or runs
+        try:
+            assert probe, "verify.yml created no probe job"
+            stack.compose("restart", "db")  # while the probe job waits
+        finally:
+            subprocess.run(["docker", "unpause", worker], check=True, capture_output=True)
         rc = proc.wait(timeout=300)
     output = log.read_text()
     LEDGER.scan(stack, output, "verify.yml -vvv output (db restarted)")
@@ -416,7 +426,9 @@ def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(services, tm
     (orphan,) = [row[0] for row in stack.sql("SELECT id FROM core_job WHERE status = 'queued'")]
     waiting = [row[0] for row in stack.sql("SELECT id FROM core_job WHERE status = 'pending'")]
     found = facts(stack)
-    assert codes(found) == {"jobs_overdue", "jobs_orphaned"}, found["problems"]
+    assert (
+        {"jobs_overdue", "jobs_orphaned"} <= codes(found) <= {"jobs_overdue", "jobs_orphaned", "orphan_job_containers"}
+    )
     (problem,) = [p for p in found["problems"] if p["code"] == "jobs_orphaned"]
     assert problem["evidence"]["jobs"] == [{"id": orphan, "status": "queued", "type": "package", "recovery": "requeue"}]
     check = play("playbooks/site.yml", stack, "--check", verbose=False)
@@ -569,7 +581,8 @@ def test_worker_killed_in_the_middle_of_a_job(workers, tmp_path):
     assert res.returncode == 0, res.output[-4000:]
     assert f"job {job} (started package, its worker process is gone): put back to pending" in flat(res.output)
     LEDGER.jobs(stack, [job, behind])
-    healthy(stack)
+    healthy(stack)  # the killed QGIS container is left over: a warning (orphan_job_containers), not a blocker
+    subprocess.run(["docker", "rm", "-f", *qgis], check=True, capture_output=True)  # later tests remove its image
     LEDGER.fault(
         "worker and the job's QGIS container killed in the middle of a job",
         "named jobs_orphaned; site.yml put the job back to pending; it and the job behind it finished",
@@ -796,9 +809,22 @@ def module_running(pid: int) -> bool:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL ansible-playbook and everything below it (the module runs in a session of its own)."""
-    tree = [proc.pid, *descendants(proc.pid)]
-    for pid in tree:
+    """SIGKILL ansible-playbook and everything below it (the module runs in a session of its own).
+
+    The tree is frozen first, SIGSTOP until no new process appears: a shell that forks the module between the
+    listing and the kill would otherwise leave the module running on its own, writing files after the test has
+    read them.
+    """
+    frozen: set[int] = set()
+    while True:
+        new = {proc.pid, *descendants(proc.pid)} - frozen
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= new
+    for pid in frozen:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     proc.wait()
@@ -870,7 +896,16 @@ def test_killed_runs_never_leave_half_written_files(workers):
         env_now, override_now = env_path.read_bytes(), override_path.read_bytes()
         assert env_now in (old_env, new_env), f"kill {number}: .env is neither old nor new"
         new_override = re.sub(rb"scale: \d+", f"scale: {replicas}".encode(), old_override)
-        assert override_now in (old_override, new_override), f"kill {number}: the override is neither old nor new"
+        assert override_now in (old_override, new_override), (
+            f"kill {number}: the override is neither old nor new:\n"
+            + (
+                "".join(
+                    difflib.unified_diff(
+                        old_override.decode().splitlines(True), override_now.decode().splitlines(True), "old", "now"
+                    )
+                )
+            )
+        )
         assert yaml.load(override_now, Loader=ComposeLoader)["services"][SERVICE]  # parseable
         assert OVERRIDE in env_compose_file(env_now.decode()) or env_now == old_env
         assert not [p for p in stack.dir.iterdir() if p.name.endswith(".tmp")], "a temporary file was left"
@@ -884,12 +919,9 @@ def test_killed_runs_never_leave_half_written_files(workers):
         verbose=False,
         extra={"qfieldcloud_worker_replicas": 1, "qfieldcloud_worker_banner_timeout": 20},
     )
-    failed = "\n".join(line for line in res.output.splitlines() if line.startswith(("TASK [", "fatal", "    msg")))
-    # Known defect of the worker role: after a scale-down the kept replica's dequeue banner has scrolled out of
-    # the 50 log lines the banner wait reads, so the wait times out although the worker is fine.
-    last_task = [line for line in failed.splitlines() if line.startswith("TASK [")][-1:]
-    banner_defect = res.returncode != 0 and "Wait for the dequeue banner" in "".join(last_task)
-    assert res.returncode == 0 or banner_defect, failed[-3000:]
+    # (The worker role's banner wait once timed out here: after the scale-down, the kept replica's banner had
+    # scrolled out of the log lines it read. A job dequeued since the banner now counts.)
+    assert res.returncode == 0, res.output[-4000:]
     assert env_path.read_bytes() == new_env
     again = play("playbooks/site.yml", stack, verbose=False, extra={"qfieldcloud_worker_replicas": 1})
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.output[-4000:]
@@ -902,8 +934,6 @@ def test_killed_runs_never_leave_half_written_files(workers):
         f"ansible-playbook SIGKILLed during a worker repair ({kills} times)",
         "files always whole (old or new); the next run converged",
     )
-    if banner_defect:
-        pytest.xfail("worker role: the banner wait fails after a scale-down (banner out of the last 50 log lines)")
 
 
 # ------------------------------------------------------------------------------------------------ .env by hand
