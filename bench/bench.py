@@ -200,21 +200,6 @@ class TreeSampler:
             self._stop.wait(self.interval)
 
 
-def ansible_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(REPO / "collections"),
-        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_RETRY_FILES_ENABLED="0",
-        PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
-    )
-    env.update(extra or {})
-    return env
-
-
 JSON_CALLBACK = {"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json", "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
 
 
@@ -296,6 +281,8 @@ def load_module(name: str, path: Path):
 
 
 standin_py = load_module("bench_standin", REPO / "tests" / "standin.py")
+# The environment the tests run ansible with (the checkout's ansible.cfg and collections/ link).
+ansible_env = load_module("bench_ansible_run", REPO / "tests" / "integration" / "ansible_run.py").ansible_env
 # The collection's module_utils import each other by their collection path (`make setup` links collections/).
 sys.path.insert(0, str(REPO / "collections"))
 queue_py = importlib.import_module("ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.queue")

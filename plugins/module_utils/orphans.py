@@ -30,8 +30,10 @@ import re
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
+
 CODE = "jobs_orphaned"
-IN_FLIGHT = ("queued", "started")
+IN_FLIGHT = drain_mod.IN_FLIGHT
 REQUEUE_STARTED_TYPES = ("package", "process_projectfile")
 MARGIN_S = 1.0
 LIMIT = 50
@@ -89,8 +91,10 @@ def find(
     return found
 
 
+# When a job last changed, in epoch seconds (the queue statement of queue.py reads it too).
+TOUCHED_SQL = "extract(epoch FROM greatest(updated_at, started_at, created_at))"
 IN_FLIGHT_SQL = (
-    "SELECT id::text, status, type, extract(epoch FROM greatest(updated_at, started_at, created_at))"
+    f"SELECT id::text, status, type, {TOUCHED_SQL}"
     " FROM core_job WHERE status IN ('queued', 'started') ORDER BY updated_at LIMIT %(limit)s"
 )
 
@@ -99,13 +103,13 @@ REQUEUE_SQL = (
     "UPDATE core_job SET status = 'pending', started_at = NULL, docker_started_at = NULL,"
     " docker_finished_at = NULL, container_id = '', updated_at = now()"
     " WHERE id = %(id)s::uuid AND status = %(status)s"
-    " AND extract(epoch FROM greatest(updated_at, started_at, created_at)) <= %(touched)s"
+    f" AND {TOUCHED_SQL} <= %(touched)s"
 )
 FAIL_SQL = (
     "UPDATE core_job SET status = 'failed', finished_at = now(), updated_at = now(),"
     " output = concat_ws(E'\\n', nullif(output, ''), %(note)s)"
     " WHERE id = %(id)s::uuid AND status = %(status)s"
-    " AND extract(epoch FROM greatest(updated_at, started_at, created_at)) <= %(touched)s"
+    f" AND {TOUCHED_SQL} <= %(touched)s"
 )
 
 

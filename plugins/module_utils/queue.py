@@ -190,7 +190,7 @@ def queue_sql(catalog: dict[str, Any]) -> str:
         " '[]'::json) FROM (SELECT * FROM overdue ORDER BY age DESC LIMIT 20) o),",
         # Open jobs with the time of their last change: orphan detection (see orphans.py).
         "  'in_flight', (SELECT coalesce(json_agg(json_build_array(id, status, type, touched)), '[]'::json) FROM"
-        " (SELECT id, status, type, extract(epoch FROM greatest(updated_at, started_at, created_at)) AS touched"
+        f" (SELECT id, status, type, {orphans_mod.TOUCHED_SQL} AS touched"
         f" FROM core_job WHERE status IN ('queued', 'started') ORDER BY updated_at LIMIT {IN_FLIGHT_LIMIT}) f),",
         "  'overdue_queued', (SELECT count(*) FROM overdue WHERE status = 'queued'),",
         "  'overdue_started', (SELECT count(*) FROM overdue WHERE status = 'started'),",

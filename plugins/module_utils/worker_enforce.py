@@ -19,7 +19,6 @@ import json
 import os
 import re
 import socket
-import time
 import traceback
 from typing import Any
 
@@ -220,17 +219,13 @@ class Engine:
         return True
 
     def logs_since_start(self, replica: dict[str, Any]) -> str:
-        """Return the log of a replica's current process (bounded tail)."""
-        since = None
-        started = replica.get("started_at") or ""
-        match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)", started)
-        if match:
-            since = int(time.mktime(time.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S")) - time.timezone)
+        """Return the log of a replica's current process (bounded tail), split as qfc_sync_facts splits it."""
         try:
-            raw = self.api.logs(replica["id"], stdout=True, stderr=True, tail=drain_mod.LOG_TAIL, since=since)
+            raw = self.api.logs(replica["id"], stdout=True, stderr=True, tail=drain_mod.LOG_TAIL, timestamps=True)
         except DockerException:
             return ""
-        return raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+        return stack_mod.split_current_run(text, replica.get("started_at"))[1]
 
     def running_job_containers(self) -> set[str]:
         """Return the ``job_id`` labels of running QGIS job containers."""

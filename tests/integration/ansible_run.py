@@ -63,11 +63,29 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
     return result
 
 
+LOCAL_ARGS = ["-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={VENV_BIN / 'python'}"]
+
+
+def stack_args(stack) -> list[str]:
+    """The arguments that run a playbook on this host against a stand-in stack (its standin-vars.yml)."""
+    return [*LOCAL_ARGS, "-e", f"@{stack.dir / 'standin-vars.yml'}"]
+
+
+def playbook_command(playbook: str, *args: str) -> list[str]:
+    """The ansible-playbook command line for a playbook of the checkout (run it with cwd=REPO, env=ansible_env())."""
+    return [str(VENV_BIN / "ansible-playbook"), playbook, *args]
+
+
 def run_playbook(
     playbook: str, *args: str, extra_env: dict | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run a playbook of the checkout; returns the completed process (stdout, stderr, returncode)."""
-    cmd = [str(VENV_BIN / "ansible-playbook"), playbook, *args]
     return subprocess.run(
-        cmd, cwd=REPO, env=ansible_env(extra_env), text=True, check=False, capture_output=True, timeout=timeout
+        playbook_command(playbook, *args),
+        cwd=REPO,
+        env=ansible_env(extra_env),
+        text=True,
+        check=False,
+        capture_output=True,
+        timeout=timeout,
     )

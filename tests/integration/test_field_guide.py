@@ -15,17 +15,16 @@ import time
 import uuid
 
 import pytest
-from ansible_run import REPO, run_module, run_playbook
+from ansible_run import run_module, run_playbook, stack_args
 from standin import Stack
 
 pytestmark = pytest.mark.integration
 
-PY = f"ansible_python_interpreter={REPO / '.venv' / 'bin' / 'python'}"
 FACTS = "fibreflow.qfieldcloud.qfc_sync_facts"
 
 
 def play(playbook: str, stack: Stack, *args: str, extra: dict | None = None, env: dict | None = None):
-    cmd = ["-i", "localhost,", "-c", "local", "-e", PY, "-e", f"@{stack.dir / 'standin-vars.yml'}"]
+    cmd = stack_args(stack)
     if extra:
         cmd += ["-e", json.dumps(extra)]
     res = run_playbook(playbook, *cmd, *args, extra_env=env)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_run import REPO, VENV_BIN, ansible_env, run_module, run_playbook
+from ansible_run import REPO, ansible_env, playbook_command, run_module, run_playbook, stack_args
 from standin import Stack
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,6 @@ WORKER = "fibreflow.qfieldcloud.qfc_worker"
 OVERRIDE = "docker-compose.override.fibreflow-worker.yml"
 SERVICE = "worker_wrapper"
 STATE_DIR = Path("/var/lib/fibreflow-qfieldcloud")
-PY = f"ansible_python_interpreter={VENV_BIN / 'python'}"
 ENFORCE_TASK = "Enforce the worker's configuration"
 
 
@@ -161,7 +160,7 @@ def play(
     timeout: float = 600,
 ):
     """ansible-playbook on localhost with the stack's variables (-vvv by default); the output is scanned."""
-    cmd = ["-i", "localhost,", "-c", "local", "-e", PY, "-e", f"@{stack.dir / 'standin-vars.yml'}"]
+    cmd = stack_args(stack)
     if extra:
         cmd += ["-e", json.dumps(extra)]
     if verbose:
@@ -376,19 +375,7 @@ def test_database_restarted_during_verify(services, tmp_path):
     before = {row[0] for row in stack.sql("SELECT id FROM core_job")}
     (worker,) = worker_ids(stack)
     subprocess.run(["docker", "pause", worker], check=True, capture_output=True)
-    cmd = [
-        str(VENV_BIN / "ansible-playbook"),
-        "playbooks/verify.yml",
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        PY,
-        "-e",
-        f"@{stack.dir / 'standin-vars.yml'}",
-        "-vvv",
-    ]
+    cmd = playbook_command("playbooks/verify.yml", *stack_args(stack), "-vvv")
     log = tmp_path / "verify.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), stdout=out, stderr=subprocess.STDOUT)
@@ -522,18 +509,7 @@ def test_worker_cut_off_from_its_network(workers, tmp_path):
     job = stack.create_job()
     found = facts(stack)
     assert "worker_wrong_network" in codes(found), found["problems"]
-    cmd = [
-        str(VENV_BIN / "ansible-playbook"),
-        "playbooks/site.yml",
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        PY,
-        "-e",
-        f"@{stack.dir / 'standin-vars.yml'}",
-    ]
+    cmd = playbook_command("playbooks/site.yml", *stack_args(stack))
     log = tmp_path / "site.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), stdout=out, stderr=subprocess.STDOUT)
@@ -869,22 +845,14 @@ def test_killed_runs_never_leave_half_written_files(workers):
         assert old_env != new_env
         env_path.write_bytes(old_env)
         old_override = override_path.read_bytes()
-        cmd = [
-            str(VENV_BIN / "ansible-playbook"),
+        cmd = playbook_command(
             "playbooks/worker.yml",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            PY,
-            "-e",
-            f"@{stack.dir / 'standin-vars.yml'}",
+            *stack_args(stack),
             "-e",
             "qfieldcloud_worker_action=start",
             "-e",
             f"qfieldcloud_worker_replicas={replicas}",
-        ]
+        )
         proc = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not module_running(proc.pid) and proc.poll() is None and time.monotonic() < deadline:

@@ -10,16 +10,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import REPO, run_playbook
+from ansible_run import LOCAL_ARGS, REPO, run_playbook, stack_args
 from standin import Stack
-
-PY = f"ansible_python_interpreter={REPO / '.venv' / 'bin' / 'python'}"
 
 
 def play(playbook: str, stack: Stack | None, *args: str, check: bool = False, extra: dict | None = None):
-    cmd = ["-i", "localhost,", "-c", "local", "-e", PY]
-    if stack is not None:
-        cmd += ["-e", f"@{stack.dir / 'standin-vars.yml'}"]
+    cmd = stack_args(stack) if stack is not None else list(LOCAL_ARGS)
     if extra:
         cmd += ["-e", json.dumps(extra)]
     if check:

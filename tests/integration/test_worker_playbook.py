@@ -12,12 +12,10 @@ import subprocess
 import uuid
 
 import pytest
-from ansible_run import REPO, run_playbook
+from ansible_run import run_playbook, stack_args
 from standin import Stack
 
 pytestmark = pytest.mark.integration
-
-PY = f"ansible_python_interpreter={REPO / '.venv' / 'bin' / 'python'}"
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +36,7 @@ def worker(stack: Stack, action: str, state_dir=None, **extra):
     variables = {"qfieldcloud_worker_action": action, "qfieldcloud_worker_build_poll": 1, **extra}
     if state_dir is not None:
         variables["qfieldcloud_state_dir"] = str(state_dir)
-    res = run_playbook(
-        "playbooks/worker.yml",
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        PY,
-        "-e",
-        f"@{stack.dir / 'standin-vars.yml'}",
-        "-e",
-        json.dumps(variables),
-    )
+    res = run_playbook("playbooks/worker.yml", *stack_args(stack), "-e", json.dumps(variables))
     res.output = res.stdout + res.stderr
     assert res.returncode == 0, res.output[-3000:]
     for secret in stack.secrets():

@@ -25,14 +25,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import REPO, VENV_BIN, ansible_env, run_module, run_playbook
+from ansible_run import REPO, ansible_env, playbook_command, run_module, run_playbook, stack_args
 from standin import Stack
 
 # disruptive: `make test-integration` runs it on its own, after the parallel suites (it restarts the engine).
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
 
 FACTS = "fibreflow.qfieldcloud.qfc_sync_facts"
-PY = f"ansible_python_interpreter={VENV_BIN / 'python'}"
 STATE_DIR = Path("/var/lib/fibreflow-qfieldcloud")
 
 
@@ -91,18 +90,7 @@ def start_dockerd(timeout: float = 90) -> None:
 
 
 def play(stack: Stack, *args: str):
-    res = run_playbook(
-        "playbooks/site.yml",
-        "-i",
-        "localhost,",
-        "-c",
-        "local",
-        "-e",
-        PY,
-        "-e",
-        f"@{stack.dir / 'standin-vars.yml'}",
-        *args,
-    )
+    res = run_playbook("playbooks/site.yml", *stack_args(stack), *args)
     res.output = res.stdout + res.stderr
     for secret in stack.secrets():
         assert secret not in res.output, "a secret value appeared in the output of site.yml"
@@ -130,19 +118,7 @@ def test_docker_daemon_restarted_during_a_site_run(standin):
         stack.break_("worker-stopped")
         jobs = [stack.create_job() for _n in range(2)]
         log = REPO / "tests" / "output" / f"{stack.name}-site.log"
-        cmd = [
-            str(VENV_BIN / "ansible-playbook"),
-            "playbooks/site.yml",
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            PY,
-            "-e",
-            f"@{stack.dir / 'standin-vars.yml'}",
-            "-vvv",
-        ]
+        cmd = playbook_command("playbooks/site.yml", *stack_args(stack), "-vvv")
         with log.open("w") as out:
             run = subprocess.Popen(cmd, cwd=REPO, env=ansible_env(), stdout=out, stderr=subprocess.STDOUT)
             try:
