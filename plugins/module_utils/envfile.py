@@ -195,8 +195,10 @@ def project_settings(project_dir: str | None, project_name: str | None = None) -
     :param project_name: an explicit project name; wins over ``COMPOSE_PROJECT_NAME``.
     :returns: a dict with ``project_name``, ``project_name_source`` (``argument``, ``env``,
         ``compose_file``, ``directory`` or ``default``), ``project_dir``, ``env_file`` (path or
-        ``None``), ``compose_files``, ``path_separator``, ``worker_replicas``, ``default_network``,
-        ``worker_timeout_s``, ``environment``, ``qgis_images`` (variable -> image name) and
+        ``None``), ``compose_files``, ``path_separator``, ``worker_replicas``, ``default_network`` (the project's
+        ``<name>_default``, where the worker and the database are), ``job_network`` (the QGIS job containers'
+        network: ``QFIELDCLOUD_DEFAULT_NETWORK`` or the default network), ``job_network_source``,
+        ``worker_timeout_s``, ``worker_timeout_raw``, ``environment``, ``qgis_images`` (variable -> image name) and
         ``postgres`` (``host``, ``port``, ``db``, ``user``; never the password). No secret values.
     """
     env: dict[str, str] = {}
@@ -225,7 +227,12 @@ def project_settings(project_dir: str | None, project_name: str | None = None) -
             name, source = DEFAULT_PROJECT_NAME, "default"
     name = normalise_project_name(name)
 
-    network = env.get("QFIELDCLOUD_DEFAULT_NETWORK", "").strip() or f"{name}_default"
+    # The project's default network is where compose puts every service, the worker and the database
+    # included. QFIELDCLOUD_DEFAULT_NETWORK only names the network of the QGIS job containers (empty: the
+    # project's default network); it is never the worker's own network.
+    network = f"{name}_default"
+    job_network = env.get("QFIELDCLOUD_DEFAULT_NETWORK", "").strip() or network
+    timeout_raw = env.get("QFIELDCLOUD_WORKER_TIMEOUT_S")
     return {
         "project_name": name,
         "project_name_source": source,
@@ -235,7 +242,11 @@ def project_settings(project_dir: str | None, project_name: str | None = None) -
         "path_separator": env.get("COMPOSE_PATH_SEPARATOR") or ":",
         "worker_replicas": max(0, _as_int(env.get("QFIELDCLOUD_WORKER_REPLICAS"), DEFAULT_WORKER_REPLICAS)),
         "default_network": network,
-        "worker_timeout_s": _as_int(env.get("QFIELDCLOUD_WORKER_TIMEOUT_S"), DEFAULT_WORKER_TIMEOUT_S),
+        "job_network": job_network,
+        "job_network_source": "QFIELDCLOUD_DEFAULT_NETWORK" if job_network != network else "default",
+        "worker_timeout_s": _as_int(timeout_raw, DEFAULT_WORKER_TIMEOUT_S),
+        # None: absent from .env; "": present but empty (v26.24+ compose files then crash app and worker).
+        "worker_timeout_raw": None if timeout_raw is None else timeout_raw.strip(),
         "environment": env.get("ENVIRONMENT") or None,
         "qgis_images": {var: env[var] for var in QGIS_IMAGE_VARIABLES if env.get(var)},
         "postgres": {

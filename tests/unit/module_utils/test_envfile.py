@@ -110,7 +110,10 @@ def test_project_settings_explicit_name_and_network(tmp_path):
     settings = envfile.project_settings(str(tmp_path), project_name="mine")
     assert settings["project_name"] == "mine"
     assert settings["project_name_source"] == "argument"
-    assert settings["default_network"] == "shared_net"
+    # QFIELDCLOUD_DEFAULT_NETWORK names the QGIS job containers' network, never the worker's own.
+    assert settings["default_network"] == "mine_default"
+    assert settings["job_network"] == "shared_net"
+    assert settings["job_network_source"] == "QFIELDCLOUD_DEFAULT_NETWORK"
 
 
 def test_project_settings_directory_name_and_default_files(tmp_path):
