@@ -21,6 +21,10 @@ description:
     tasks: in check mode what would change, in a real run what was found and corrected) or V(error) (a task failed
     or the host was unreachable). The run's outcome is the worst of its hosts, and C(exit_status) in the JSON
     document maps it to the scheduler contract: V(0) ok, V(2) drift, V(1) error."
+  - "Apart from the outcome, each host has a C(verdict) from the last M(fibreflow.qfieldcloud.qfc_sync_facts) of the
+    run: C(sync) (V(true) when a job created now would finish) and C(client) (V(true) when devices reach the server at
+    the URL they are given), each with the codes that block it. C(summary.sync_blocked) and
+    C(summary.client_blocked) count the hosts where each fails."
   - "Each item has C(code) (a problem code of the catalogue in C(docs/problems.md)), C(field), C(expected),
     C(actual), C(remedy), and C(corrected): true only in a real run when the fix was applied and a later
     M(fibreflow.qfieldcloud.qfc_sync_facts) no longer reports the code; always false in check mode."
@@ -106,7 +110,7 @@ from ansible import context
 from ansible.plugins.callback import CallbackBase
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE, blocking_codes
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor, is_secret_key
 
 SCHEMA_VERSION = 1
@@ -338,7 +342,26 @@ def host_items(events: list[dict[str, Any]], check_mode: bool) -> dict[str, Any]
         "verify": verify,
         "sync_ready_before": before["result"].get("sync_ready") if before else None,
         "sync_ready_after": after["result"].get("sync_ready") if after else None,
+        "verdict": verdict((after or before or {}).get("result") or {}),
         "errors": errors,
+    }
+
+
+def verdict(result: dict[str, Any]) -> dict[str, Any]:
+    """What a qfc_sync_facts result says of the two questions: would a job finish, do devices reach the server.
+
+    ``{sync, client, sync_blocked_by, client_blocked_by}``; ``sync``/``client`` are None without a result.
+    """
+    problems = [p for p in result.get("problems") or [] if isinstance(p, dict)]
+    if "sync_ready" not in result:
+        return {"sync": None, "client": None, "sync_blocked_by": [], "client_blocked_by": []}
+    client = result.get("client_ready")
+    client_codes = blocking_codes(problems, "client")
+    return {
+        "sync": bool(result.get("sync_ready")),
+        "client": bool(client) if client is not None else not client_codes,
+        "sync_blocked_by": blocking_codes(problems, "sync"),
+        "client_blocked_by": client_codes,
     }
 
 
@@ -383,6 +406,7 @@ def build_report(
             "verify": assembled["verify"],
             "sync_ready_before": assembled["sync_ready_before"],
             "sync_ready_after": assembled["sync_ready_after"],
+            "verdict": assembled["verdict"],
             "errors": assembled["errors"] if outcome == "error" else [],
             "stats": counters,
         }
@@ -413,6 +437,8 @@ def build_report(
             "items": sum(len(h["items"]) for h in hosts.values()),
             "corrected": sum(h["corrected"] for h in hosts.values()),
             "changes": sum(len(h["changes"]) for h in hosts.values()),
+            "sync_blocked": sum(1 for h in hosts.values() if h["verdict"]["sync"] is False),
+            "client_blocked": sum(1 for h in hosts.values() if h["verdict"]["client"] is False),
         },
         "hosts": hosts,
     }
@@ -446,20 +472,31 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"error {summary.get('error', 0)}); items: {summary.get('items', 0)}, "
         f"corrected: {summary.get('corrected', 0)}; exit status {report.get('exit_status')}",
         "",
-        "| Host | Outcome | Items | Corrected | Changed tasks | Sync ready (before → after) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| Host | Outcome | Items | Corrected | Changed tasks | Sync ready (before → after) | Devices reach it |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     hosts = report.get("hosts") or {}
     for name, host in hosts.items():
         ready = f"{_yes_no(host.get('sync_ready_before'))} → {_yes_no(host.get('sync_ready_after'))}"
+        client = (host.get("verdict") or {}).get("client")
         lines.append(
             f"| {_cell(name)} | {host['outcome']} | {len(host['items'])} | {host.get('corrected', 0)} "
-            f"| {len(host.get('changes') or [])} | {ready} |"
+            f"| {len(host.get('changes') or [])} | {ready} | {_yes_no(client)} |"
         )
     for name, host in hosts.items():
         if host["outcome"] == "ok":
             continue
         lines += ["", f"## {_cell(name)}: {host['outcome']}", ""]
+        found = host.get("verdict") or {}
+        if found.get("sync") is False:
+            lines.append(
+                f"- **SYNC BLOCKED**: a job created now would not finish ({', '.join(found['sync_blocked_by'])})"
+            )
+        if found.get("client") is False:
+            lines.append(
+                f"- **DEVICES CANNOT REACH THE SERVER** at its URL, although jobs run "
+                f"({', '.join(found['client_blocked_by'])}); seen from the Docker host"
+            )
         for error in host.get("errors") or []:
             lines.append(f"- **error** in task `{_cell(error.get('task'))}`: {_cell(error.get('msg'), 400)}")
         if host.get("items"):

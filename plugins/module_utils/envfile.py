@@ -162,6 +162,66 @@ def _compose_name_from_file(path: str) -> str | None:
     return None
 
 
+_SERVICE_KEY = re.compile(r"^(\s+)([A-Za-z0-9._-]+):\s*(#.*)?$")
+_IMAGE_KEY = re.compile(r"^(\s+)image:\s*(.+?)\s*(#.*)?$")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Expand ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}`` and ``$VAR`` as compose does (``$$`` is ``$``)."""
+
+    def expand(match: re.Match) -> str:
+        name = match.group(1) or match.group(4)
+        op, default = match.group(2), match.group(3) or ""
+        current = env.get(name)
+        if op == ":-":
+            return current if current else default
+        if op == "-":
+            return default if current is None else current
+        return current or ""
+
+    return "\0".join(_VARIABLE.sub(expand, part) for part in value.split("$$")).replace("\0", "$")
+
+
+def compose_service_images(files: list[str], env: dict[str, str]) -> dict[str, str]:
+    """The ``image:`` of each service in the compose files (later files win), interpolated with ``env``.
+
+    A line reader, not a YAML parser (PyYAML is not always on a server's Python): it finds ``image:`` keys one
+    level below a service key under the top-level ``services:``. Services without ``image:`` are absent: compose
+    names their build ``<project>-<service>``.
+    """
+    images: dict[str, str] = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                lines = handle.read().splitlines()
+        except OSError:
+            continue
+        in_services, service, service_indent, child_indent = False, None, 0, None
+        for line in lines:
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if not line[0].isspace():
+                in_services = line.split("#")[0].strip() == "services:"
+                service = None
+                continue
+            if not in_services:
+                continue
+            indent = len(line) - len(line.lstrip())
+            key = _SERVICE_KEY.match(line)
+            if key and (service is None or indent <= service_indent):
+                service, service_indent, child_indent = key.group(2), indent, None
+                continue
+            if service and child_indent is None and indent > service_indent:
+                child_indent = indent  # the indent of the service's own keys
+            image = _IMAGE_KEY.match(line)
+            if service and image and indent == child_indent:
+                value = image.group(2).strip().strip("'\"")
+                if value:
+                    images[service] = interpolate(value, env)
+    return images
+
+
 def _as_int(value: str | None, default: int) -> int:
     try:
         return int(str(value).strip())
@@ -198,7 +258,8 @@ def project_settings(project_dir: str | None, project_name: str | None = None) -
         ``None``), ``compose_files``, ``path_separator``, ``worker_replicas``, ``default_network`` (the project's
         ``<name>_default``, where the worker and the database are), ``job_network`` (the QGIS job containers'
         network: ``QFIELDCLOUD_DEFAULT_NETWORK`` or the default network), ``job_network_source``,
-        ``worker_timeout_s``, ``worker_timeout_raw``, ``environment``, ``qgis_images`` (variable -> image name) and
+        ``worker_timeout_s``, ``worker_timeout_raw``, ``service_images`` (service -> the ``image:`` of
+        the compose files), ``environment``, ``qgis_images`` (variable -> image name) and
         ``postgres`` (``host``, ``port``, ``db``, ``user``; never the password). No secret values.
     """
     env: dict[str, str] = {}
@@ -249,6 +310,7 @@ def project_settings(project_dir: str | None, project_name: str | None = None) -
         "worker_timeout_raw": None if timeout_raw is None else timeout_raw.strip(),
         "environment": env.get("ENVIRONMENT") or None,
         "qgis_images": {var: env[var] for var in QGIS_IMAGE_VARIABLES if env.get(var)},
+        "service_images": compose_service_images(files, env),
         "postgres": {
             "host": env.get("POSTGRES_HOST") or None,
             "port": _as_int(env.get("POSTGRES_PORT"), 5432),

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE, client_ready, sync_ready
 
 PREFIX = "qfieldcloud"
 TIMESTAMP_METRIC = f"{PREFIX}_sync_facts_timestamp_seconds"
@@ -64,8 +64,10 @@ def render_metrics(facts: dict[str, Any], problems: list[dict[str, Any]], now: f
     project = (facts.get("project") or {}).get("name") or "qfieldcloud"
     base = {"project": project}
     out = _Writer()
-    blocking = [p for p in problems if p.get("severity") in ("critical", "error")]
-    out.metric("sync_ready", "1 when nothing blocks QFieldCloud sync", [(base, not blocking)])
+    out.metric("sync_ready", "1 when a job created now would finish", [(base, sync_ready(problems))])
+    out.metric(
+        "client_ready", "1 when devices reach the server at the URL they are given", [(base, client_ready(problems))]
+    )
     found = {p["code"]: p.get("severity") for p in problems}
     out.metric(
         "problem",

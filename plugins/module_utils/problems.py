@@ -13,7 +13,14 @@ Severities:
 - ``error``: a misconfiguration that breaks sync for some jobs or will break it soon;
 - ``warning``: worth fixing, does not stop sync.
 
-``sync_ready`` is true only when there is no ``critical`` or ``error`` problem.
+Apart from its severity, every problem says what it *blocks*:
+
+- ``sync``: a job created now would not finish (the worker, its database, its images, the app);
+- ``client``: devices cannot reach the server at the URL they are given, although jobs run (nginx, DNS,
+  firewall: a question that may look different from the Docker host than from a phone);
+- ``none``: worth fixing, but neither of the two.
+
+``sync_ready`` is true only when no problem blocks ``sync``; ``client_ready`` only when none blocks ``client``.
 
 :func:`detect_problems` reads the ``facts`` dict that ``qfc_sync_facts`` gathers (the same dict it returns
 as ``ansible_facts.qfc_sync``); every section is optional, a missing or skipped section yields no finding.
@@ -46,7 +53,8 @@ from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orpha
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
 
 SEVERITIES = ("critical", "error", "warning")
-BLOCKING = ("critical", "error")
+# What a problem blocks, most blocking first (see the module docstring).
+BLOCKS = ("sync", "client", "none")
 
 PLAY_SITE = "ansible-playbook fibreflow.qfieldcloud.site"
 PLAY_DIAGNOSE = "ansible-playbook fibreflow.qfieldcloud.diagnose"
@@ -57,6 +65,7 @@ COMPOSE = "cd {project_dir} && docker compose"
 CATALOGUE: dict[str, dict[str, str]] = {
     "docker_unreachable": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The Docker daemon cannot be reached",
         "meaning": "Nothing about the stack can be known; on this host no QFieldCloud job can run without Docker.",
         "detection": "The Docker API (docker_host) does not answer a version request within the timeout.",
@@ -65,6 +74,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "stack_not_found": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "No container of the compose project was found",
         "meaning": "The project is not running on this host, or it has another name.",
         "detection": "No container carries the label com.docker.compose.project=<project>.",
@@ -73,6 +83,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "service_not_running": {
         "severity": "error",
+        "blocks": "sync",
         "summary": "A QFieldCloud service container is not running",
         "meaning": "One of app, db, memcached, nginx is stopped or missing: sync or its API is degraded.",
         "detection": "The service has a container of the project but none is running.",
@@ -81,6 +92,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_not_running": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "No worker_wrapper is running: jobs stay pending forever",
         "meaning": "Nothing dequeues jobs. QField shows 'applying the latest uploaded changes' for ever.",
         "detection": "No running container of the worker_wrapper service (nor a hand-started worker) while "
@@ -89,21 +101,28 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_image_missing": {
         "severity": "critical",
-        "summary": "The worker image has not been built",
-        "meaning": "The worker container cannot be (re)created: the image <project>-worker_wrapper is missing.",
-        "detection": "No local image named <project>-worker_wrapper (or the v1 name <project>_worker_wrapper).",
-        "remedy": f"`{COMPOSE} build worker_wrapper` (10-15 min), or `{PLAY_SITE}` (the worker role builds "
-        "missing images).",
+        "blocks": "sync",
+        "summary": "The worker image is not on the host",
+        "meaning": "The worker container cannot be (re)created: the image compose resolves for worker_wrapper "
+        "(its `image:`, or the local build <project>-worker_wrapper) is not on the host. Blocks sync when no worker "
+        "runs; otherwise the running worker goes on, but cannot be recreated.",
+        "detection": "No local image of the name the worker's compose service resolves to (the existing container's "
+        "image reference, else `image:` in the compose files, else <project>-worker_wrapper or the v1 name).",
+        "remedy": f"For a local build `{COMPOSE} build worker_wrapper` (10-15 min), or `{PLAY_SITE}` (the worker role "
+        f"builds missing images); for a prebuilt image (`image:` in compose) `{COMPOSE} pull worker_wrapper`.",
     },
     "worker_image_wrong": {
         "severity": "error",
+        "blocks": "none",
         "summary": "A worker runs an image other than the project's worker image",
         "meaning": "The worker was started from another image; job handling may not match the app's version.",
-        "detection": "The container's image is neither <project>-worker_wrapper nor its current image id.",
+        "detection": "The container's image is neither the image its compose service resolves to (a prebuilt "
+        "`image:` or the local build <project>-worker_wrapper) nor that image's id.",
         "remedy": f"`{PLAY_SITE}` (module fibreflow.qfieldcloud.qfc_worker recreates it from the built image).",
     },
     "worker_image_outdated": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "A worker runs an older build of the worker image",
         "meaning": "The image was rebuilt but the worker was not recreated: app, worker and QGIS versions may "
         "differ and break process_projectfile.",
@@ -112,6 +131,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_socket_denied": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The worker cannot use the Docker socket (not running as root)",
         "meaning": "The worker image runs as user 10001; without `user: root` it gets 'Permission denied' on "
         "/var/run/docker.sock and cannot start QGIS job containers.",
@@ -122,6 +142,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_socket_not_mounted": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The Docker socket is not mounted read-write in the worker",
         "meaning": "The worker cannot start QGIS job containers.",
         "detection": "No read-write bind mount of /var/run/docker.sock in the worker container.",
@@ -130,6 +151,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_db_host_wrong": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The worker's POSTGRES_HOST does not reach the app's database",
         "meaning": "The worker waits 'Postgres isn't ready' for 30 s, then crashes and restarts: no job runs.",
         "detection": "POSTGRES_HOST of the worker differs from the app's, or its log shows 'could not translate "
@@ -138,7 +160,8 @@ CATALOGUE: dict[str, dict[str, str]] = {
         f"in .env and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     "worker_port_published": {
-        "severity": "error",
+        "severity": "warning",
+        "blocks": "none",
         "summary": "The worker publishes a port on the host",
         "meaning": "Usually the development override's debugpy port 5679: a debugger open to the network, and "
         "more than one replica cannot start (port already allocated).",
@@ -148,23 +171,30 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_wrong_network": {
         "severity": "critical",
-        "summary": "The worker is not on the project network",
+        "blocks": "sync",
+        "summary": "The worker is on no network where it reaches its database",
         "meaning": "The worker cannot reach db/app, and its QGIS containers fail with 'network ... not found'.",
-        "detection": "The worker container is not attached to QFIELDCLOUD_DEFAULT_NETWORK (default <project>_default).",
-        "remedy": f"`{PLAY_SITE}` (qfc_worker attaches it to {{network}}), or fix the worker's networks and "
-        f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
+        "detection": "The database container (the compose service POSTGRES_HOST names) is on none of the "
+        "worker's networks, so POSTGRES_HOST does not resolve there. QFIELDCLOUD_DEFAULT_NETWORK is the QGIS job "
+        "containers' network and is not required on the worker.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker attaches it to the network it shares with the database, normally "
+        f"{{network}}), or fix the worker's networks and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     "worker_crash_loop": {
         "severity": "error",
+        "blocks": "sync",
         "summary": "The worker keeps restarting",
         "meaning": "The worker crashes shortly after start (database unreachable, migrations missing, bad "
-        "configuration) and Docker restarts it again and again.",
-        "detection": "The worker is 'restarting' or its restart count is at or above the threshold.",
+        "configuration) and Docker restarts it again and again. Upstream's worker exits on every database error, so "
+        "a lifetime restart count says nothing: only recent restarts count. Blocks sync when no replica is healthy.",
+        "detection": "The worker is 'restarting' now, or it died at least crash_restarts times within the last "
+        "crash_window seconds (Docker events) and its current process is not in a healthy dequeue loop.",
         "remedy": "Read its log (`docker logs --tail 50 <container>`) and fix the cause named by the other "
         f"problems; then `{PLAY_SITE}`.",
     },
     "worker_debug_command": {
         "severity": "error",
+        "blocks": "none",
         "summary": "The worker runs under the debugger (debugpy)",
         "meaning": "The development override is in use in production: slower jobs and an open debug port.",
         "detection": "The worker's command contains debugpy.",
@@ -173,6 +203,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_command_wrong": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The worker does not run `manage.py dequeue`",
         "meaning": "The container is up but does not process jobs.",
         "detection": "The worker's entrypoint and command do not contain 'dequeue'.",
@@ -180,6 +211,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_restart_policy": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "The worker does not restart by itself",
         "meaning": "After a crash or a reboot, the worker stays down and sync stops.",
         "detection": "The worker's restart policy is not unless-stopped.",
@@ -187,6 +219,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_replicas_low": {
         "severity": "error",
+        "blocks": "none",
         "summary": "Fewer worker replicas run than configured",
         "meaning": "Jobs are processed more slowly than the configuration intends.",
         "detection": "Running worker_wrapper containers < QFIELDCLOUD_WORKER_REPLICAS.",
@@ -194,6 +227,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_replicas_high": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "More worker replicas run than configured",
         "meaning": "More jobs run at once than the host was sized for.",
         "detection": "Running worker_wrapper containers > QFIELDCLOUD_WORKER_REPLICAS.",
@@ -201,24 +235,62 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "worker_hand_started": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "A worker was started by hand outside compose",
         "meaning": "It lacks compose's environment and volumes, and the next `docker compose up` fights it. "
-        "Error severity when it runs instead of the compose worker.",
+        "Critical when it lacks what jobs need (the /tmp hand-off of TMP_DIRECTORY, the named volumes): every job it "
+        "claims fails; error when it runs instead of the compose worker.",
         "detection": "A container not from compose runs the image <project>-worker_wrapper, is named "
         "qfieldcloud-worker*, or runs `manage.py dequeue` on the project network.",
-        "remedy": f"`{PLAY_SITE}` with qfieldcloud_worker_remove_hand_started=true, or `docker rm -f <container>` "
+        "remedy": f"`{PLAY_SITE}` (retires it once it holds no job, unless "
+        "qfieldcloud_worker_remove_hand_started=false), or `docker stop -t 900 <container> && docker rm <container>` "
         f"and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "worker_timeout_empty": {
+        "severity": "critical",
+        "blocks": "sync",
+        "summary": "QFIELDCLOUD_WORKER_TIMEOUT_S is empty: app and worker crash at start",
+        "meaning": "From v26.24 the compose file passes QFIELDCLOUD_WORKER_TIMEOUT_S from .env; an .env kept from an "
+        "older release leaves it empty, and app and worker fail to parse it ('invalid literal for int()').",
+        "detection": "QFIELDCLOUD_WORKER_TIMEOUT_S is present but empty in .env, or in the worker's or the app's "
+        "environment.",
+        "remedy": "Set `QFIELDCLOUD_WORKER_TIMEOUT_S=600` (or the timeout you want) in .env, then "
+        f"`{COMPOSE} up -d app worker_wrapper`.",
+    },
+    "qgis_network_missing": {
+        "severity": "critical",
+        "blocks": "sync",
+        "summary": "The network for QGIS job containers does not exist",
+        "meaning": "The worker starts each QGIS container on QFIELDCLOUD_DEFAULT_NETWORK; when that network does not "
+        "exist every job fails with 'network ... not found'.",
+        "detection": "The network QFIELDCLOUD_DEFAULT_NETWORK names (empty: <project>_default) is not on the host.",
+        "remedy": "Create it (`docker network create <name>`) or empty QFIELDCLOUD_DEFAULT_NETWORK in .env, then "
+        f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
+    },
+    "shared_environment_label": {
+        "severity": "critical",
+        "blocks": "sync",
+        "summary": "Another QFieldCloud on this Docker engine has the same ENVIRONMENT: they kill each other's jobs",
+        "meaning": "An idle worker removes every QGIS container labelled app=<ENVIRONMENT>_worker whose job it does "
+        "not know; two projects with the same ENVIRONMENT on one engine remove each other's running job containers "
+        "(upstream issue #1822), and their jobs fail at random.",
+        "detection": "A worker container of another compose project on the engine runs with the same ENVIRONMENT.",
+        "remedy": "Give each instance its own ENVIRONMENT in .env (e.g. `ENVIRONMENT=production-<name>`), then "
+        f"`{COMPOSE} up -d` in each project directory; or run them on separate Docker engines.",
     },
     "qgis_image_missing": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "A QGIS image the worker needs is missing",
-        "meaning": "Every job fails with 'pull access denied' (often after `docker system prune -a`).",
+        "meaning": "Every job fails with 'pull access denied' (often after `docker system prune -a`). The qgis4 "
+        "image is used only for projects on QGIS 4: when no project needs it, its absence is a warning.",
         "detection": "The image named by QFIELDCLOUD_QGIS3_IMAGE_NAME / QFIELDCLOUD_QGIS4_IMAGE_NAME / "
         "QFIELDCLOUD_QGIS_IMAGE_NAME (default <project>-qgis3) is not present locally.",
         "remedy": f"`{COMPOSE} build qgis3` (and qgis4), or `{PLAY_SITE}` (the worker role builds missing images).",
     },
     "queue_stalled": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "Claimable jobs wait longer than the threshold: nothing processes the queue",
         "meaning": "A pending job whose project has no running job and is not locked should be picked up within "
         "seconds; it is not.",
@@ -228,6 +300,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "jobs_overdue": {
         "severity": "error",
+        "blocks": "none",
         "summary": "Jobs are queued or started for longer than the job timeout",
         "meaning": "A stuck job blocks every later job of its project; the cron only fails 'started' ones.",
         "detection": "queued jobs whose updated_at, or started jobs whose started_at, is older than job_timeout.",
@@ -238,6 +311,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "jobs_orphaned": {
         "severity": "error",
+        "blocks": "none",
         "summary": "Jobs are queued or started by a worker process that no longer exists",
         "meaning": "The worker that claimed them died (Docker daemon or host restarted, container killed): a "
         "queued job blocks its project for ever, a started one until the cron fails it after the job timeout.",
@@ -249,6 +323,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "jobs_failing": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "More jobs failed than finished in the last hour",
         "meaning": "The worker runs jobs but they fail (QGIS image, network, storage).",
         "detection": "failed jobs in the last hour > finished jobs in the last hour.",
@@ -257,6 +332,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "db_unreachable": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The database cannot be reached",
         "meaning": "Neither app nor worker can work.",
         "detection": "A PostgreSQL connection to the app's POSTGRES_HOST/PORT fails (timeout, refused, unknown host), "
@@ -266,6 +342,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "db_auth_failed": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The database refuses the credentials",
         "meaning": "POSTGRES_USER/POSTGRES_PASSWORD do not match the database.",
         "detection": "PostgreSQL answers 'password authentication failed' or 'role ... does not exist'.",
@@ -274,13 +351,16 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "db_is_replica": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The database is a read-only replica",
         "meaning": "The worker refuses to run jobs on a replica (pg_is_in_recovery()).",
-        "detection": "SELECT pg_is_in_recovery() returns true.",
+        "detection": "SELECT pg_is_in_recovery() returns true, or the worker logs 'Expected `worker_wrapper` to "
+        "be connected to the master DB node!'.",
         "remedy": "Point POSTGRES_HOST at the primary, or promote the server (`pg_ctl promote`).",
     },
     "migrations_missing": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The database has no QFieldCloud tables (migrations not applied)",
         "meaning": "The worker loops on 'relation \"...\" does not exist'.",
         "detection": "core_job or the project table does not exist, or django_migrations is empty.",
@@ -288,6 +368,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "app_unreachable": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The app's status endpoint does not answer",
         "meaning": "QField cannot reach the API: no upload, no sync.",
         "detection": "GET /api/v1/status/ fails (connection refused, timeout, closed).",
@@ -296,6 +377,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "app_status_not_ok": {
         "severity": "critical",
+        "blocks": "sync",
         "summary": "The app's status endpoint reports a failing component",
         "meaning": "The app cannot use its database or storage.",
         "detection": "GET /api/v1/status/ does not return 200 with every component 'ok'.",
@@ -303,6 +385,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "nginx_host_mismatch": {
         "severity": "critical",
+        "blocks": "client",
         "summary": "nginx does not serve the QFIELDCLOUD_HOST that QField users enter",
         "meaning": "QFIELDCLOUD_HOST in .env was changed but nginx still runs with the old name (`docker compose "
         "restart` does not read .env again): nginx closes every connection whose Host header is the new name "
@@ -315,6 +398,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "client_url_unreachable": {
         "severity": "error",
+        "blocks": "client",
         "summary": "The server URL QField users enter does not answer",
         "meaning": "The app answers on the container network, but not at the address devices use: QField cannot "
         "log in or sync.",
@@ -327,6 +411,7 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "client_host_local": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "QFIELDCLOUD_HOST is a local name that QField devices cannot reach",
         "meaning": "localhost or 127.0.0.1 works on the server itself only: a phone or tablet that enters it "
         "talks to itself, and links the server generates point nowhere.",
@@ -336,14 +421,19 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "cron_not_running": {
         "severity": "error",
-        "summary": "The QFieldCloud cron (ofelia) is not running its jobs",
-        "meaning": "Stuck jobs are never set failed and later jobs of their project wait for ever.",
-        "detection": "ofelia is not running, or started before the current app container was created (it keeps "
-        "targeting the old one), or the last django_cron_cronjoblog run is older than the threshold.",
-        "remedy": f"`{COMPOSE} restart ofelia` (after every recreation of app), or `{PLAY_SITE}`.",
+        "blocks": "none",
+        "summary": "The QFieldCloud cron is not running its jobs",
+        "meaning": "Stuck jobs are never set failed and later jobs of their project wait for ever; expired "
+        "data is never cleaned. Jobs still run: it never blocks sync. A project that defines no cron runner (no "
+        "ofelia container) gets a warning.",
+        "detection": "The freshest django_cron_cronjoblog run (whatever runs the crons) is older than "
+        "cron_max_age, or there is none; when the database cannot tell, ofelia is not running.",
+        "remedy": f"`{COMPOSE} up -d ofelia` (or `{COMPOSE} restart ofelia`), or `{PLAY_SITE}`; without "
+        f"ofelia, run `{COMPOSE} exec -T app python manage.py runcrons` every minute from the host's cron.",
     },
     "orphan_job_containers": {
         "severity": "warning",
+        "blocks": "none",
         "summary": "QGIS job containers of this project are left over",
         "meaning": "Containers of jobs that are no longer queued/started (or whose worker is gone) use resources.",
         "detection": "Containers labelled app=<ENVIRONMENT>_worker with a job_id, on the project's network or "
@@ -373,8 +463,9 @@ def make_problem(
     facts: dict[str, Any] | None = None,
     summary: str | None = None,
     severity: str | None = None,
+    blocks: str | None = None,
 ) -> dict[str, Any]:
-    """Build one problem dict ``{code, severity, summary, evidence, remedy}`` from the catalogue."""
+    """Build one problem dict ``{code, severity, blocks, summary, evidence, remedy}`` from the catalogue."""
     entry = CATALOGUE[code]
     ctx = _context(facts or {})
     remedy = entry["remedy"].replace("{project_dir}", ctx["project_dir"])
@@ -383,6 +474,7 @@ def make_problem(
     return {
         "code": code,
         "severity": severity or entry["severity"],
+        "blocks": blocks or entry["blocks"],
         "summary": summary or entry["summary"],
         "evidence": evidence if evidence is not None else {},
         "remedy": remedy,
@@ -401,7 +493,14 @@ class _Collector:
         self.facts = facts
         self.items: dict[str, dict[str, Any]] = {}
 
-    def add(self, code: str, evidence: dict[str, Any], summary: str | None = None, severity: str | None = None):
+    def add(
+        self,
+        code: str,
+        evidence: dict[str, Any],
+        summary: str | None = None,
+        severity: str | None = None,
+        blocks: str | None = None,
+    ):
         if code in self.items:
             problem = self.items[code]
             first = problem["evidence"]
@@ -410,8 +509,12 @@ class _Collector:
             first.setdefault("more", []).append(evidence)
             if severity and SEVERITIES.index(severity) < SEVERITIES.index(problem["severity"]):
                 problem["severity"] = severity
+                if summary:
+                    problem["summary"] = summary
+            if blocks and BLOCKS.index(blocks) < BLOCKS.index(problem["blocks"]):
+                problem["blocks"] = blocks
             return
-        self.items[code] = make_problem(code, dict(evidence), self.facts, summary, severity)
+        self.items[code] = make_problem(code, dict(evidence), self.facts, summary, severity, blocks)
 
     def result(self) -> list[dict[str, Any]]:
         order = {code: i for i, code in enumerate(CATALOGUE)}
@@ -488,7 +591,12 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
     images = facts.get("images") or {}
     worker_image = images.get("worker") or {}
     if worker_image and worker_image.get("present") is False:
-        out.add("worker_image_missing", {"image": worker_image.get("name")})
+        evidence = {"image": worker_image.get("name"), "resolved_from": worker_image.get("source")}
+        if running_compose or running_hand:
+            # The running worker goes on; only a recreation would fail.
+            out.add("worker_image_missing", evidence, severity="error", blocks="none")
+        else:
+            out.add("worker_image_missing", evidence)
 
     if expected > 0 and not running_compose and not running_hand:
         evidence: dict[str, Any] = {"replicas_expected": expected, "replicas_running": 0}
@@ -503,11 +611,21 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                 out.add(item["code"], {"replicas_expected": expected, "replicas_running": len(running_compose)})
 
     if running_hand:
+        gaps = {r.get("name"): list(r.get("gaps") or []) for r in running_hand if r.get("gaps")}
         evidence = {
             "containers": [r.get("name") for r in running_hand],
             "compose_replicas_running": len(running_compose),
+            "failed_last_hour": (facts.get("queue") or {}).get("failed_last_hour"),
         }
-        if running_compose:
+        if gaps:
+            out.add(
+                "worker_hand_started",
+                dict(evidence, lacks=gaps),
+                summary="A worker started by hand lacks what jobs need: every job it claims fails",
+                severity="critical",
+                blocks="sync",
+            )
+        elif running_compose:
             out.add("worker_hand_started", evidence)
         else:
             out.add(
@@ -517,14 +635,29 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                 severity="error",
             )
 
+    healthy = [r for r in running_compose + running_hand if r.get("healthy_now", r.get("running"))]
     for rep in replicas + hand:
         name = rep.get("name")
         state = rep.get("state")
-        restarts = int(rep.get("restart_count") or 0)
-        if state == "restarting" or restarts >= crash_restarts:
+        deaths = rep.get("recent_deaths")
+        looping = state == "restarting" or (
+            deaths is not None and deaths >= crash_restarts and not rep.get("healthy_now", False)
+        )
+        if looping:
             out.add(
                 "worker_crash_loop",
-                _with_log({"container": name, "state": state, "restart_count": restarts}, rep, "worker_crash_loop"),
+                _with_log(
+                    {
+                        "container": name,
+                        "state": state,
+                        "deaths_in_window": deaths,
+                        "window_s": _threshold(facts, "crash_window_s", 600),
+                        "restart_count_lifetime": int(rep.get("restart_count") or 0),
+                    },
+                    rep,
+                    "worker_crash_loop",
+                ),
+                blocks="none" if healthy else "sync",
             )
         if rep in hand and not rep.get("running"):
             # a stopped hand-started container does no harm; its configuration does not matter
@@ -591,20 +724,70 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
     qgis = images.get("qgis") or []
     missing = [img for img in qgis if img.get("present") is False]
     if missing:
+        needs_qgis4 = _qgis4_needed(facts)
+        evidence = {
+            "images": [{"variable": i.get("variable"), "name": i.get("name")} for i in missing],
+            "qgis4_projects": (facts.get("queue") or {}).get("qgis4_projects"),
+        }
+        if any(not is_qgis4_image(i) or needs_qgis4 for i in missing):
+            out.add("qgis_image_missing", evidence)
+        else:
+            out.add(
+                "qgis_image_missing",
+                evidence,
+                summary="The QGIS 4 image is missing; no project is known to use QGIS 4",
+                severity="warning",
+                blocks="none",
+            )
+
+    if (facts.get("worker_timeout") or {}).get("empty_in"):
+        signs = [r.get("name") for r in replicas if int((r.get("log") or {}).get("timeout_invalid") or 0)]
         out.add(
-            "qgis_image_missing", {"images": [{"variable": i.get("variable"), "name": i.get("name")} for i in missing]}
+            "worker_timeout_empty",
+            {"empty_in": facts["worker_timeout"]["empty_in"], "containers_with_parse_error": signs},
         )
+    network = facts.get("job_network") or {}
+    if network.get("exists") is False:
+        out.add(
+            "qgis_network_missing",
+            {"network": network.get("name"), "source": (facts.get("project") or {}).get("job_network_source")},
+        )
+    shared = facts.get("shared_environment") or []
+    if shared:
+        out.add(
+            "shared_environment_label",
+            {
+                "environment": (facts.get("project") or {}).get("environment"),
+                "job_label": f"app={(facts.get('project') or {}).get('environment')}_worker",
+                "this_project": (facts.get("project") or {}).get("name"),
+                "other_projects": sorted({str(w.get("project")) for w in shared}),
+                "other_workers": sorted(str(w.get("name")) for w in shared),
+            },
+        )
+
+
+def is_qgis4_image(image: dict[str, Any]) -> bool:
+    """Whether an image fact is the QGIS 4 image (by its variable or compose service)."""
+    return "QGIS4" in str(image.get("variable") or "").upper() or str(image.get("variable") or "").endswith("qgis4")
+
+
+def _qgis4_needed(facts: dict[str, Any]) -> bool | None:
+    """True when a project uses QGIS 4, False when none does, None when the database did not say."""
+    count = (facts.get("queue") or {}).get("qgis4_projects")
+    return None if count is None else int(count) > 0
 
 
 def _detect_services(facts: dict[str, Any], out: _Collector) -> None:
     services = facts.get("services") or {}
     skipped = set(facts.get("checks_skipped") or [])
+    # What each service's absence stops: app and database stop jobs; nginx only the devices' way in.
+    blocks = {"app": "sync", "db": "sync", "nginx": "client", "memcached": "none"}
     for name in ("app", "db", "memcached", "nginx"):
         svc = services.get(name) or {}
         if name == "db" and "db" in skipped:
             continue
         if svc.get("present") and not svc.get("running"):
-            out.add("service_not_running", {"service": name, "state": svc.get("state")})
+            out.add("service_not_running", {"service": name, "state": svc.get("state")}, blocks=blocks[name])
 
 
 def _is_timeout(error: str | None) -> bool:
@@ -741,28 +924,38 @@ def _detect_client(facts: dict[str, Any], out: _Collector) -> None:
         out.add("client_url_unreachable", evidence)
 
 
+NO_CRON_RUNNER = "No cron runner is defined for this project, and the crons have not run lately"
+
+
 def _detect_cron(facts: dict[str, Any], out: _Collector) -> None:
     cron = facts.get("cron") or {}
     if not cron.get("checked"):
         return
+    # The crons' own log is the evidence, whatever runs them (ofelia by container name, the host's cron, a
+    # Kubernetes CronJob): a fresh run means they run. Only when the database cannot tell does ofelia's state.
     max_age = _threshold(facts, "cron_max_age_s", 300)
-    if cron.get("ofelia_present") is False or cron.get("ofelia_running") is False:
-        out.add(
-            "cron_not_running",
-            {"ofelia_present": cron.get("ofelia_present"), "ofelia_running": cron.get("ofelia_running")},
-        )
-    elif cron.get("ofelia_stale"):
-        out.add(
-            "cron_not_running",
-            {
-                "reason": "ofelia started before the current app container was created",
-                "ofelia_started_at": cron.get("ofelia_started_at"),
-                "app_created_at": cron.get("app_created_at"),
-            },
-        )
     age = cron.get("last_run_age_s")
-    if age is not None and age > max_age:
-        out.add("cron_not_running", {"last_run_age_s": round(float(age), 1), "threshold_s": max_age})
+    evidence = {
+        "last_run": cron.get("last_run"),
+        "last_run_age_s": None if age is None else round(float(age), 1),
+        "threshold_s": max_age,
+        "ofelia_present": cron.get("ofelia_present"),
+        "ofelia_running": cron.get("ofelia_running"),
+    }
+    if cron.get("log_readable"):
+        if age is not None and age <= max_age:
+            return
+        up = cron.get("ofelia_up_s")
+        if up is not None and up <= max_age:
+            return  # the runner (re)started lately: its first runs are still to come
+        if not cron.get("ofelia_present"):
+            out.add("cron_not_running", evidence, summary=NO_CRON_RUNNER, severity="warning")
+        else:
+            out.add("cron_not_running", evidence)
+    elif cron.get("ofelia_present") is False:
+        out.add("cron_not_running", evidence, summary=NO_CRON_RUNNER, severity="warning")
+    elif cron.get("ofelia_running") is False:
+        out.add("cron_not_running", evidence)
 
 
 def _detect_orphans(facts: dict[str, Any], out: _Collector) -> None:
@@ -813,21 +1006,38 @@ def detect_problems(facts: dict[str, Any]) -> list[dict[str, Any]]:
     return out.result()
 
 
+def blocks_of(problem: dict[str, Any]) -> str:
+    """What ``problem`` blocks: its own ``blocks``, else its catalogue entry's, else ``none``."""
+    value = problem.get("blocks") or (CATALOGUE.get(str(problem.get("code"))) or {}).get("blocks")
+    return value if value in BLOCKS else "none"
+
+
 def sync_ready(problems: list[dict[str, Any]]) -> bool:
-    """True only when no problem blocks sync (no ``critical`` and no ``error`` severity)."""
-    return not any(p.get("severity") in BLOCKING for p in problems)
+    """True only when no problem blocks sync: a job created now would finish."""
+    return not any(blocks_of(p) == "sync" for p in problems)
+
+
+def client_ready(problems: list[dict[str, Any]]) -> bool:
+    """True only when no problem says devices cannot reach the server at the URL they are given."""
+    return not any(blocks_of(p) == "client" for p in problems)
+
+
+def blocking_codes(problems: list[dict[str, Any]], what: str) -> list[str]:
+    """The codes of the problems that block ``what`` (``sync`` or ``client``), in the problems' order."""
+    return [str(p.get("code")) for p in problems if blocks_of(p) == what]
 
 
 def catalogue_markdown() -> str:
-    """Render the catalogue as a Markdown table (code, severity, meaning, detection, fix)."""
+    """Render the catalogue as a Markdown table (code, severity, blocks, meaning, detection, fix)."""
     lines = [
-        "| Code | Severity | Meaning | Detection | Fix |",
-        "| --- | --- | --- | --- | --- |",
+        "| Code | Severity | Blocks | Meaning | Detection | Fix |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for code, entry in CATALOGUE.items():
         cells = [
             f"`{code}`",
             entry["severity"],
+            entry["blocks"],
             f"**{entry['summary']}.** {entry['meaning']}",
             entry["detection"],
             entry["remedy"].replace("{project_dir}", "<project_dir>").replace("{network}", "<project>_default"),

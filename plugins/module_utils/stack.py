@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import time
 import traceback
 from typing import Any, Iterable
 
@@ -64,7 +65,10 @@ LOG_PATTERNS = {
     "pull_denied": re.compile(r"pull access denied"),
     "dequeued_jobs": re.compile(r"Dequeued job"),
     "dequeue_banner": re.compile(r"Dequeue QFieldCloud Jobs from the DB"),
-    "replica_refused": re.compile(r"read-only replica|pg_is_in_recovery|in recovery", re.I),
+    # Upstream's worker on a replica: "Expected `worker_wrapper` to be connected to the master DB node!".
+    "replica_refused": re.compile(r"connected to the master DB node|read-only replica|pg_is_in_recovery", re.I),
+    # v26.24+ with an empty QFIELDCLOUD_WORKER_TIMEOUT_S: the int() parse at start fails.
+    "timeout_invalid": re.compile(r"invalid literal for int\(\) with base 10: ''"),
 }
 # Signs that explain a fault (the others are signs of health), and the bounds of the log lines kept as evidence.
 FAULT_SIGNS = tuple(k for k in LOG_PATTERNS if k not in ("postgres_ready", "dequeued_jobs", "dequeue_banner"))
@@ -119,18 +123,21 @@ def classify_containers(
     worker_images: Iterable[str],
     worker_image_ids: Iterable[str] = (),
     qgis_images: Iterable[str] = (),
+    job_network: str | None = None,
 ) -> dict[str, Any]:
     """Sort the engine's container listing into the project's containers.
 
     :param containers: entries of ``GET /containers/json?all=1``.
-    :returns: ``{"project": {service: [entry, ...]}, "hand_started": [entry], "jobs": [entry]}``.
+    :param job_network: the QGIS job containers' network (``QFIELDCLOUD_DEFAULT_NETWORK``), when not ``network``.
+    :returns: ``{"project": {service: [entry, ...]}, "hand_started": [entry], "jobs": [entry],
+        "foreign_workers": [entry]}``; ``foreign_workers`` are the worker containers of other compose projects.
     """
     images = {normalise_image_ref(i) for i in worker_images if i}
     image_ids = {i for i in worker_image_ids if i}
     qgis = {normalise_image_ref(i) for i in qgis_images if i}
     job_label = f"{environment}_worker" if environment else None
     patterns = worker_name_patterns(project)
-    result: dict[str, Any] = {"project": {}, "hand_started": [], "jobs": []}
+    result: dict[str, Any] = {"project": {}, "hand_started": [], "jobs": [], "foreign_workers": []}
     for entry in containers:
         labels = entry.get("Labels") or {}
         name = _name(entry)
@@ -138,6 +145,8 @@ def classify_containers(
         on_network = network in nets
         if is_compose_container(labels):
             if labels.get(COMPOSE_PROJECT) != project:
+                if labels.get(COMPOSE_SERVICE) == WORKER_SERVICE and entry.get("State") == "running":
+                    result["foreign_workers"].append(entry)
                 continue  # another compose project
             if labels.get(COMPOSE_ONEOFF) == "True":
                 continue  # `docker compose run` one-off containers are not services
@@ -150,7 +159,7 @@ def classify_containers(
         if "job_id" in labels and str(labels.get("app", "")).endswith("_worker"):
             if job_label and labels.get("app") != job_label:
                 continue
-            if on_network or image in qgis:
+            if on_network or (job_network and job_network in nets) or image in qgis:
                 result["jobs"].append(entry)
             continue
         command = str(entry.get("Command") or "")
@@ -264,6 +273,18 @@ def replica_facts(inspect: dict[str, Any], network: str | None = None, image_use
             "command": list(config.get("Cmd") or []),
             "entrypoint": list(config.get("Entrypoint") or []),
             "restart_policy": ((host.get("RestartPolicy") or {}).get("Name")) or "no",
+            # Names only, never values: what a hand-started worker lacks is judged from these.
+            "env_keys": sorted(env),
+            "mounts": [
+                {
+                    "type": m.get("Type"),
+                    "name": m.get("Name"),
+                    "source": m.get("Source"),
+                    "destination": m.get("Destination"),
+                    "rw": bool(m.get("RW")),
+                }
+                for m in inspect.get("Mounts") or []
+            ],
             "hardening": {
                 "cap_drop": list(host.get("CapDrop") or []),
                 "no_new_privileges": any(
@@ -457,11 +478,17 @@ def discover(
     qgis_images: dict[str, str] | None = None,
     log_lines: int = 200,
     log_tail_lines: int = 5,
+    job_network: str | None = None,
+    crash_window: float = 600,
 ) -> dict[str, Any]:
     """Discover the project on the engine behind ``client`` (a ``docker.APIClient``).
 
-    :param worker_images: extra accepted worker image names (default ``<project>-worker_wrapper`` and
-        the compose v1 ``<project>_worker_wrapper``).
+    :param worker_images: the worker image names the compose files resolve to (``image:``), first; the local
+        build names ``<project>-worker_wrapper`` and the compose v1 ``<project>_worker_wrapper`` follow. An
+        existing compose replica's image reference wins over all of them.
+    :param job_network: the QGIS job containers' network; its existence is checked (``job_network``).
+    :param crash_window: seconds back in which the ``die`` events of each worker container are counted
+        (``recent_deaths``); Docker keeps a bounded number of events, so this is a lower bound.
     :param qgis_images: variable -> QGIS image name (from ``.env``); completed from the containers'
         environment.
     :param log_lines: how many lines at the end of each worker's log are read (0: none).
@@ -470,7 +497,8 @@ def discover(
     :returns: ``{daemon, environment, services, containers, worker, images, job_containers, envs,
         api_calls}``.
         ``envs`` (service -> environment dict of the first container) holds secrets: it is for the
-        caller's use (database credentials, redaction) and must never be returned as is.
+        caller's use (database credentials, redaction) and must never be returned as is. ``foreign_workers``
+        lists the running workers of other compose projects with their ``ENVIRONMENT`` (not a secret).
     """
     version = client.version()
     daemon = {
@@ -482,11 +510,11 @@ def discover(
     listing = client.containers(all=True)
     images = image_index(client.images())
 
-    names = [f"{project}-{WORKER_SERVICE}", f"{project}_{WORKER_SERVICE}", *list(worker_images)]
+    names = [*[n for n in worker_images if n], f"{project}-{WORKER_SERVICE}", f"{project}_{WORKER_SERVICE}"]
     ids = [images[normalise_image_ref(n)]["id"] for n in names if normalise_image_ref(n) in images]
     qgis_names = list((qgis_images or {}).values()) + [f"{project}-{s}" for s in QGIS_SERVICES]
     # A first pass without environment to learn the project's containers (and their ENVIRONMENT).
-    groups = classify_containers(listing, project, network, environment, names, ids, qgis_names)
+    groups = classify_containers(listing, project, network, environment, names, ids, qgis_names, job_network)
 
     inspected: dict[str, list[dict[str, Any]]] = {}
     for service, entries in groups["project"].items():
@@ -499,7 +527,7 @@ def discover(
     if environment is None:
         environment = (envs.get(WORKER_SERVICE) or envs.get("app") or {}).get("ENVIRONMENT")
         if environment:
-            groups = classify_containers(listing, project, network, environment, names, ids, qgis_names)
+            groups = classify_containers(listing, project, network, environment, names, ids, qgis_names, job_network)
 
     services: dict[str, Any] = {}
     containers: dict[str, list[dict[str, Any]]] = {}
@@ -556,8 +584,15 @@ def discover(
         # said nothing yet (a crash loop just restarted).
         rep["log_excerpt"] = log_excerpt(current) or log_excerpt(text)
 
-    # Images: worker, app, QGIS (by the variables the worker uses).
-    worker_name = next((n for n in names if normalise_image_ref(n) in images), names[0])
+    deaths, events_error = recent_deaths(client, [r["id"] for r in replicas + hand], crash_window)
+    for rep in replicas + hand:
+        rep["recent_deaths"] = deaths.get(rep["id"]) if events_error is None else None
+
+    # Images: worker (what compose resolved for the service: an existing replica's image reference, else the
+    # compose files' `image:`, else the local build names), app, QGIS (by the variables the worker uses).
+    resolved = [r["image"] for r in replicas if r.get("image")]
+    candidates = resolved[:1] or names
+    worker_name = next((n for n in candidates if normalise_image_ref(n) in images), candidates[0])
     qgis_vars: dict[str, str] = {}
     for source in (envs.get(WORKER_SERVICE), envs.get("app"), envs.get("hand_started"), qgis_images):
         for key, value in (source or {}).items():
@@ -568,12 +603,31 @@ def discover(
         for service in built or ["qgis3"]:
             qgis_vars[f"compose service {service}"] = f"{project}-{service}"
     image_facts = {
-        "worker": image_fact(images, worker_name),
+        "worker": dict(image_fact(images, worker_name), source="container" if resolved else "compose"),
         "app": image_fact(images, f"{project}-app"),
         "qgis": [image_fact(images, name, var) for var, name in sorted(qgis_vars.items())],
     }
 
     jobs = [job_container_facts(e) for e in groups["jobs"]]
+    foreign = []
+    for entry in groups["foreign_workers"]:
+        doc = _inspect(client, entry["Id"])
+        if doc:
+            labels = (doc.get("Config") or {}).get("Labels") or {}
+            foreign.append(
+                {
+                    "name": _name(entry),
+                    "project": labels.get(COMPOSE_PROJECT),
+                    "environment": env_to_dict((doc.get("Config") or {}).get("Env")).get("ENVIRONMENT"),
+                }
+            )
+    network_facts = {}
+    if job_network:
+        try:
+            listed = client.networks(names=[job_network])
+            network_facts = {"name": job_network, "exists": any(n.get("Name") == job_network for n in listed)}
+        except Exception as exc:  # not a finding about the stack; the network stays unknown
+            network_facts = {"name": job_network, "exists": None, "error": str(exc)}
     return {
         "daemon": daemon,
         "environment": environment,
@@ -582,10 +636,41 @@ def discover(
         "worker": {"replicas": replicas, "hand_started": hand},
         "images": image_facts,
         "job_containers": jobs,
+        "foreign_workers": foreign,
+        "job_network": network_facts,
+        "events_error": events_error,
         "envs": envs,
         "api_calls": {
             "container_lists": 1,
             "image_lists": 1,
-            "inspects": sum(len(v) for v in inspected.values()) + len(hand),
+            "inspects": sum(len(v) for v in inspected.values()) + len(hand) + len(foreign),
+            "event_reads": 1 if replicas or hand else 0,
+            "network_lists": 1 if job_network else 0,
         },
     }
+
+
+def recent_deaths(client: Any, container_ids: list[str], window: float) -> tuple[dict[str, int], str | None]:
+    """Count the ``die`` events of each container (short ids) in the last ``window`` seconds.
+
+    One bounded events read (``until`` now, so it returns at once). Returns ``(counts, error)``; ``error`` is
+    the reason when the events could not be read (counts are then unknown, not zero).
+    """
+    if not container_ids:
+        return {}, None
+    now = time.time()
+    counts: dict[str, int] = {cid: 0 for cid in container_ids}
+    try:
+        stream = client.events(
+            since=int(now - window),
+            until=int(now),
+            filters={"type": "container", "event": "die"},
+            decode=True,
+        )
+        for event in stream:
+            short = str((event.get("Actor") or {}).get("ID") or event.get("id") or "")[:12]
+            if short in counts:
+                counts[short] += 1
+    except Exception as exc:  # an engine without the events endpoint: the counts are unknown
+        return {}, str(exc)
+    return counts, None

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "job_timeout": None,
     "cron_max_age": 300,
     "crash_restarts": 3,
+    "crash_window": 600,
     "log_lines": 200,
     "log_tail_lines": 5,
     "skip": [],
@@ -305,6 +306,22 @@ def _db_params(
     return params, info
 
 
+def healthy_now(replica: dict[str, Any]) -> bool:
+    """Whether a worker replica runs a healthy dequeue loop now.
+
+    Running, its current process past the dequeue banner (or it dequeued a job), and no fault sign in the
+    current process's log. A replica whose log was not read counts as healthy when it runs and its restarts
+    in the recent window stay below two.
+    """
+    if not replica.get("running"):
+        return False
+    log = replica.get("log")
+    if not log or "error" in log:
+        return int(replica.get("recent_deaths") or 0) < 2
+    faults = ("host_unresolved", "socket_denied", "relation_missing", "replica_refused", "timeout_invalid")
+    return bool(log.get("dequeuing")) and not any(int(log.get(sign) or 0) for sign in faults)
+
+
 def gather(options: dict[str, Any]) -> dict[str, Any]:
     """Gather facts, detect problems; return ``{"facts", "problems", "sync_ready"}``, all redacted."""
     opts = dict(DEFAULTS)
@@ -329,6 +346,8 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             "env_file": settings["env_file"],
             "compose_files": settings["compose_files"],
             "network": network,
+            "job_network": settings["job_network"],
+            "job_network_source": settings["job_network_source"],
             "environment": settings["environment"],
         },
         "checks_skipped": sorted(skip),
@@ -343,9 +362,12 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             project,
             network,
             environment=settings["environment"],
+            worker_images=[settings["service_images"].get(ws.WORKER_SERVICE) or ""],
             qgis_images=settings["qgis_images"],
             log_lines=0 if "logs" in skip else int(opts["log_lines"]),
             log_tail_lines=int(opts["log_tail_lines"]),
+            job_network=settings["job_network"],
+            crash_window=float(opts["crash_window"]),
         )
     except Exception as exc:  # daemon down, socket missing, permission denied: a finding
         facts["daemon"] = {"reachable": False, "docker_host": opts["docker_host"], "error": str(exc)}
@@ -361,6 +383,11 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         facts["services"] = discovery["services"]
         facts["images"] = discovery["images"]
         facts["api_calls"] = discovery["api_calls"]
+        facts["job_network"] = discovery["job_network"]
+        environment = facts["project"]["environment"]
+        facts["shared_environment"] = [
+            w for w in discovery["foreign_workers"] if environment and w.get("environment") == environment
+        ]
 
     app_env = envs.get("app") or {}
     worker_env = envs.get(ws.WORKER_SERVICE) or {}
@@ -376,7 +403,15 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         "job_timeout_s": int(job_timeout),
         "cron_max_age_s": int(opts["cron_max_age"]),
         "crash_restarts": int(opts["crash_restarts"]),
+        "crash_window_s": int(opts["crash_window"]),
     }
+    # Present but empty: v26.24+ compose files pass it on, and app and worker crash parsing it.
+    empty_in = [
+        where
+        for where, env in ((".env", dotenv), ("worker_wrapper", worker_env), ("app", app_env))
+        if "QFIELDCLOUD_WORKER_TIMEOUT_S" in env and not str(env["QFIELDCLOUD_WORKER_TIMEOUT_S"]).strip()
+    ]
+    facts["worker_timeout"] = {"empty_in": empty_in}
 
     # -- Workers -------------------------------------------------------------------------------------------
     if discovery is not None:
@@ -393,6 +428,7 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         hand = discovery["worker"]["hand_started"]
         for rep in replicas + hand:
             rep["drift"] = ws.worker_drift(rep, expected)
+            rep["healthy_now"] = healthy_now(rep)
         if settings["env_file"]:
             replicas_expected = settings["worker_replicas"]
         elif str(worker_env.get("QFIELDCLOUD_WORKER_REPLICAS", "")).strip().isdigit():
@@ -404,6 +440,8 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             "expected": {k: v for k, v in expected.items() if k != "image_aliases"},
             "replicas_expected": replicas_expected,
             "replicas_running": sum(1 for r in replicas if r["running"]),
+            # Running and in a healthy dequeue loop now: a crash-looping replica that is up for a moment is not.
+            "replicas_healthy": sum(1 for r in replicas if r["healthy_now"]),
             "hand_started_running": sum(1 for r in hand if r["running"]),
             "replicas": replicas,
             "hand_started": hand,
@@ -487,6 +525,9 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             "ofelia_started_at": ofelia.get("started_at"),
             "app_created_at": app_svc.get("created"),
             "ofelia_stale": stale,
+            # The crons' own log could be read: its freshest run decides, whatever runs the crons.
+            "log_readable": bool(db.get("reachable") and db.get("tables_present") and "cron_last" in db),
+            "ofelia_up_s": round(time.time() - ofelia_started, 1) if ofelia.get("running") and ofelia_started else None,
             "last_run": (cron_last or {}).get("end_time") or (cron_last or {}).get("start_time"),
             "last_run_code": (cron_last or {}).get("code"),
             "last_run_success": (cron_last or {}).get("is_success"),
@@ -512,4 +553,5 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         "facts": redactor.value(facts),
         "problems": redactor.value(found),
         "sync_ready": problems_mod.sync_ready(found),
+        "client_ready": problems_mod.client_ready(found),
     }

@@ -93,8 +93,16 @@ options:
   job_timeout:
     description:
       - Seconds after which a queued or started job is overdue (problem C(jobs_overdue)).
-      - Default is C(QFIELDCLOUD_WORKER_TIMEOUT_S) of the worker container or of C(.env), else V(600).
+      - Default is the timeout the server itself uses. Before v26.24 that is the admin setting C(WORKER_TIMEOUT_S) in
+        table C(constance_constance), when the database has it; from v26.24 C(QFIELDCLOUD_WORKER_TIMEOUT_S) of the
+        worker container or of C(.env); else V(600).
     type: int
+  crash_window:
+    description:
+      - Seconds back in which a worker's deaths (Docker C(die) events) are counted for problem C(worker_crash_loop).
+        Upstream's worker exits on every database error, so its lifetime restart count says nothing about now.
+    type: int
+    default: 600
   cron_max_age:
     description:
       - Seconds since the last C(django_cron_cronjoblog) run after which the cron counts as not running.
@@ -148,7 +156,6 @@ EXAMPLES = r"""
   ansible.builtin.assert:
     that:
       - qfc.sync_ready
-      - qfc.problems | selectattr('severity', 'in', ['critical', 'error']) | list | length == 0
     fail_msg: >-
       {{ qfc.problems | map(attribute='code') | join(', ') }}:
       {{ qfc.problems | map(attribute='remedy') | first }}
@@ -185,10 +192,20 @@ EXAMPLES = r"""
 
 RETURN = r"""
 sync_ready:
-  description: True only when no problem of severity C(critical) or C(error) was found.
+  description:
+    - True only when no problem blocks sync, that is when a job created now would finish (no problem whose
+      C(blocks) is V(sync)).
   returned: always
   type: bool
   sample: false
+client_ready:
+  description:
+    - True only when no problem says that devices cannot reach the server at the URL they are given (no problem whose
+      C(blocks) is V(client)). Seen from the Docker host: a firewall or hairpin question may look different from a
+      phone.
+  returned: always
+  type: bool
+  sample: true
 problems:
   description:
     - The problems found, most severe first, one entry per code. Codes are stable (catalogue in C(docs/problems.md)).
@@ -204,6 +221,12 @@ problems:
       description: V(critical) (sync blocked now), V(error) (breaks sync for some jobs or soon), V(warning).
       type: str
       sample: critical
+    blocks:
+      description:
+        - What the problem stops. V(sync) (a job created now would not finish), V(client) (devices cannot reach the
+          server at its URL, although jobs run) or V(none).
+      type: str
+      sample: sync
     summary:
       description: One line for a person.
       type: str
@@ -292,6 +315,7 @@ def main() -> None:
             "app_host_header": {"type": "str"},
             "pending_age_threshold": {"type": "int", "default": 300},
             "job_timeout": {"type": "int"},
+            "crash_window": {"type": "int", "default": 600},
             "cron_max_age": {"type": "int", "default": 300},
             "log_lines": {"type": "int", "default": 200},
             "log_tail_lines": {"type": "int", "default": 5},
@@ -308,7 +332,7 @@ def main() -> None:
             msg=missing_required_lib("psycopg2") + " Or set skip: [db] to diagnose without the database.",
             exception=queue_mod.PSYCOPG2_IMPORT_ERROR,
         )
-    for name in ("timeout", "pending_age_threshold", "cron_max_age"):
+    for name in ("timeout", "pending_age_threshold", "cron_max_age", "crash_window"):
         if params[name] is not None and params[name] <= 0:
             module.fail_json(msg=f"{name} must be a positive number of seconds, got {params[name]}.")
     if params["job_timeout"] is not None and params["job_timeout"] <= 0:
@@ -339,12 +363,14 @@ def main() -> None:
                 exception=traceback.format_exc(),
                 problems=result["problems"],
                 sync_ready=result["sync_ready"],
+                client_ready=result["client_ready"],
             )
     module.exit_json(
         changed=False,
         ansible_facts={"qfc_sync": result["facts"]},
         problems=result["problems"],
         sync_ready=result["sync_ready"],
+        client_ready=result["client_ready"],
         prometheus_textfile_written=written,
     )
 

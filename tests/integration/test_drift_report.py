@@ -244,9 +244,11 @@ def test_check_run_on_broken_stack_lists_exactly_the_faults(stack, hook, workdir
         stack.break_(fault)
     before = worker_ids(stack)
     run = drift_check(stack, hook, workdir)
-    assert run.rc == 2, run.stdout
+    assert run.rc == 3, run.stdout  # drift, and sync is blocked: the exit status says which of the two fails
     host = run.host()
     assert host["outcome"] == "drift"
+    assert host["verdict"]["sync"] is False and set(host["verdict"]["sync_blocked_by"]) == set(FAULTS.values())
+    assert run.report["summary"]["sync_blocked"] == 1
     assert run.codes() == set(FAULTS.values())
     assert not any(item["corrected"] for item in host["items"])
     for item in host["items"]:
@@ -289,7 +291,7 @@ def test_unreachable_host_is_an_error(stack, hook, workdir):
 
 def test_fail_on_drift_fails_the_job_readably_and_hands_artifacts(stack, hook, workdir):
     run = drift_check(stack, hook, workdir, "-e", "qfieldcloud_fail_on_drift=true")
-    assert run.rc == 2, run.stdout  # drift, not error: the gate's failure is the expected one
+    assert run.rc == 3, run.stdout  # sync blocked, not error: the gate's failure is the expected one
     assert run.report["outcome"] == "drift"
     assert "Drift on qfc (check mode: nothing was changed): qgis_image_missing, worker_not_running." in run.log
     assert "Repair: ansible-playbook fibreflow.qfieldcloud.site" in run.log

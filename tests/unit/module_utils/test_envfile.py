@@ -153,3 +153,37 @@ def test_bad_numbers_fall_back(tmp_path):
     settings = envfile.project_settings(str(tmp_path))
     assert settings["worker_replicas"] == 1
     assert settings["worker_timeout_s"] == 600
+
+
+def test_compose_service_images_follow_image_keys_and_interpolation(tmp_path):
+    write(
+        tmp_path / "docker-compose.yml",
+        "x-common: &common\n  image: not-a-service\n"
+        "services:\n"
+        "  app:\n    image: opengisch/qfieldcloud-app:${QFC_TAG:-v26.25}\n"
+        "    environment:\n      image: not-the-image\n"
+        "  worker_wrapper:\n    build:\n      context: ./docker-app\n"
+        "  qgis3:\n    build: ./docker-qgis\n",
+    )
+    write(
+        tmp_path / "docker-compose.prebuilt.yml",
+        'services:\n  worker_wrapper:\n    image: "opengisch/qfieldcloud-worker-wrapper:${QFC_TAG}"  # prebuilt\n',
+    )
+    files = [str(tmp_path / "docker-compose.yml"), str(tmp_path / "docker-compose.prebuilt.yml")]
+    assert envfile.compose_service_images(files, {"QFC_TAG": "v26.26"}) == {
+        "app": "opengisch/qfieldcloud-app:v26.26",
+        "worker_wrapper": "opengisch/qfieldcloud-worker-wrapper:v26.26",
+    }
+    assert envfile.compose_service_images(files[:1], {}) == {"app": "opengisch/qfieldcloud-app:v26.25"}
+
+
+def test_interpolate_like_compose():
+    env = {"SET": "x", "EMPTY": ""}
+    assert envfile.interpolate("${SET}-${EMPTY:-d}-${EMPTY-d}-${UNSET-d}-$SET-$$SET", env) == "x-d--d-x-$SET"
+
+
+def test_empty_worker_timeout_is_told_apart_from_an_absent_one(tmp_path):
+    write(tmp_path / ".env", "QFIELDCLOUD_WORKER_TIMEOUT_S=\n")
+    assert envfile.project_settings(str(tmp_path))["worker_timeout_raw"] == ""
+    write(tmp_path / ".env", "COMPOSE_PROJECT_NAME=x\n")
+    assert envfile.project_settings(str(tmp_path))["worker_timeout_raw"] is None

@@ -222,7 +222,9 @@ def test_nginx_with_an_old_host_is_a_mismatch():
     assert [p["code"] for p in found] == ["nginx_host_mismatch"]
     assert found[0]["evidence"]["nginx_host"] == "qfc.example.org"
     assert "up -d --no-deps nginx app" in found[0]["remedy"]
-    assert not pb.sync_ready(found)
+    # Jobs still run; devices cannot reach the server: the client verdict fails, not the sync one.
+    assert pb.sync_ready(found)
+    assert not pb.client_ready(found)
 
 
 def test_client_unreachable_otherwise():

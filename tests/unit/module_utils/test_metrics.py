@@ -30,14 +30,19 @@ FACTS = {
     "cron": {"checked": True, "last_run_age_s": 30.0},
     "orphan_job_containers": [],
 }
-PROBLEMS = [{"code": "worker_replicas_low", "severity": "error"}]
+PROBLEMS = [
+    {"code": "worker_replicas_low", "severity": "error", "blocks": "none"},
+    {"code": "queue_stalled", "severity": "critical", "blocks": "sync"},
+]
 
 
 def test_render():
     text = metrics.render_metrics(FACTS, PROBLEMS, now=1000.0)
     assert 'qfieldcloud_sync_ready{project="q\\"fc"} 0' in text
     assert 'qfieldcloud_problem{project="q\\"fc",code="worker_replicas_low",severity="error"} 1' in text
-    assert 'qfieldcloud_problem{project="q\\"fc",code="queue_stalled",severity="critical"} 0' in text
+    assert 'qfieldcloud_problem{project="q\\"fc",code="queue_stalled",severity="critical"} 1' in text
+    assert 'qfieldcloud_client_ready{project="q\\"fc"} 1' in text
+    assert 'qfieldcloud_problem{project="q\\"fc",code="db_unreachable",severity="critical"} 0' in text
     assert 'qfieldcloud_jobs{project="q\\"fc",status="pending",type="package"} 3' in text
     assert 'qfieldcloud_oldest_claimable_pending_age_seconds{project="q\\"fc"} 12.5' in text
     assert 'qfieldcloud_overdue_jobs{project="q\\"fc",status="started"} 1' in text

@@ -107,8 +107,9 @@ def test_problem_shape(facts):
     problems = pb.detect_problems(facts)
     assert [p["code"] for p in problems] == ["worker_not_running"]
     problem = problems[0]
-    assert set(problem) == {"code", "severity", "summary", "evidence", "remedy"}
+    assert set(problem) == {"code", "severity", "blocks", "summary", "evidence", "remedy"}
     assert problem["severity"] == "critical"
+    assert problem["blocks"] == "sync"
     assert "cd /srv/qfc && docker compose up -d --no-deps worker_wrapper" in problem["remedy"]
     assert not pb.sync_ready(problems)
 
@@ -155,7 +156,8 @@ def test_worker_drift_becomes_problem(facts, changes, code):
     problems = pb.detect_problems(facts)
     assert [p["code"] for p in problems] == [code]
     assert problems[0]["evidence"]["container"] == "qfieldcloud-worker_wrapper-1"
-    assert not pb.sync_ready(problems)
+    # A published port, the debugger and an unexpected image are worth fixing, but a job created now finishes.
+    assert pb.sync_ready(problems) is (code in ("worker_port_published", "worker_debug_command", "worker_image_wrong"))
 
 
 def test_restart_policy_is_a_warning(facts):
@@ -171,11 +173,32 @@ def test_log_signs(facts):
 
 
 def test_crash_loop(facts):
-    set_replica(facts, state="restarting", running=False, restart_count=7)
+    set_replica(facts, state="restarting", running=False, restart_count=7, recent_deaths=7, healthy_now=False)
     assert codes(facts) == ["worker_crash_loop", "worker_not_running"]
+    # Upstream's worker exits on every database error: a high lifetime count alone is history.
     facts = copy.deepcopy(HEALTHY)
-    set_replica(facts, restart_count=4)
-    assert codes(facts) == ["worker_crash_loop"]
+    set_replica(facts, restart_count=400, recent_deaths=0, healthy_now=True)
+    assert codes(facts) == []
+    # Died 4 times in the window and not in a healthy dequeue loop now: a crash loop that blocks sync.
+    set_replica(facts, restart_count=400, recent_deaths=4, healthy_now=False)
+    problems = pb.detect_problems(facts)
+    assert [p["code"] for p in problems] == ["worker_crash_loop"]
+    assert problems[0]["evidence"]["deaths_in_window"] == 4
+    assert not pb.sync_ready(problems)
+    # The same deaths, but the current process dequeues: it recovered (e.g. after migrate ran).
+    set_replica(facts, recent_deaths=4, healthy_now=True)
+    assert codes(facts) == []
+
+
+def test_crash_loop_beside_a_healthy_replica_does_not_block_sync(facts):
+    second = dict(copy.deepcopy(REPLICA), name="qfieldcloud-worker_wrapper-2", recent_deaths=5, healthy_now=False)
+    facts["worker"]["replicas"][0]["healthy_now"] = True
+    facts["worker"]["replicas"].append(second)
+    facts["worker"]["replicas_expected"] = 2
+    problems = pb.detect_problems(facts)
+    assert [p["code"] for p in problems] == ["worker_crash_loop"]
+    assert problems[0]["blocks"] == "none"
+    assert pb.sync_ready(problems)
 
 
 def test_replicas_low_and_high(facts):
@@ -207,6 +230,16 @@ def test_hand_started_beside_and_instead(facts):
     facts["worker"]["replicas"] = []
     problems = pb.detect_problems(facts)
     assert [(p["code"], p["severity"]) for p in problems] == [("worker_hand_started", "error")]
+    assert pb.sync_ready(problems)  # it has all a job needs: jobs finish, but the next compose up fights it
+
+
+def test_hand_started_worker_that_breaks_jobs_is_critical(facts):
+    hand = dict(copy.deepcopy(REPLICA), name="qfieldcloud-worker", compose=False, drift=[])
+    hand["gaps"] = ["bind mount /tmp:/tmp (TMP_DIRECTORY)", "named volume transformation_grids"]
+    facts["worker"]["hand_started"] = [hand]
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["severity"], p["blocks"]) for p in problems] == [("worker_hand_started", "critical", "sync")]
+    assert problems[0]["evidence"]["lacks"] == {"qfieldcloud-worker": hand["gaps"]}
     assert not pb.sync_ready(problems)
 
 
@@ -255,14 +288,28 @@ def test_app_findings(facts):
     assert codes(facts) == []
 
 
-def test_cron_findings(facts):
-    facts["cron"]["ofelia_running"] = False
-    assert codes(facts) == ["cron_not_running"]
+def test_cron_is_judged_by_its_own_log(facts):
+    facts["cron"].update(log_readable=True, ofelia_present=True, ofelia_running=False, last_run_age_s=30)
+    assert codes(facts) == []  # whatever runs the crons, they ran 30 s ago
     facts["cron"].update(ofelia_running=True, ofelia_stale=True)
-    assert codes(facts) == ["cron_not_running"]
-    facts["cron"].update(ofelia_stale=False, last_run_age_s=3600)
-    assert codes(facts) == ["cron_not_running"]
+    assert codes(facts) == []  # ofelia addresses app by name: a recreated app keeps its crons
+    facts["cron"].update(last_run_age_s=3600, ofelia_up_s=7200)
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["severity"]) for p in problems] == [("cron_not_running", "error")]
+    assert pb.sync_ready(problems)  # jobs still run
+    facts["cron"]["ofelia_up_s"] = 20
+    assert codes(facts) == []  # just restarted: its first run is still to come
+    facts["cron"].update(ofelia_present=False, ofelia_running=False, ofelia_up_s=None)
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["severity"]) for p in problems] == [("cron_not_running", "warning")]
     facts["cron"]["checked"] = False
+    assert codes(facts) == []
+
+
+def test_cron_without_its_log_falls_back_to_ofelia(facts):
+    facts["cron"].update(log_readable=False, ofelia_present=True, ofelia_running=False)
+    assert codes(facts) == ["cron_not_running"]
+    facts["cron"].update(ofelia_running=True)
     assert codes(facts) == []
 
 
@@ -331,3 +378,72 @@ def test_catalogue_is_complete_and_documented():
     text = doc.read_text(encoding="utf-8")
     for code in pb.CATALOGUE:
         assert f"`{code}`" in text, f"{code} missing from docs/problems.md"
+
+
+def test_empty_worker_timeout_is_critical(facts):
+    facts["worker_timeout"] = {"empty_in": [".env", "worker_wrapper"]}
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["blocks"]) for p in problems] == [("worker_timeout_empty", "sync")]
+    assert problems[0]["evidence"]["empty_in"] == [".env", "worker_wrapper"]
+    assert "QFIELDCLOUD_WORKER_TIMEOUT_S=600" in problems[0]["remedy"]
+
+
+def test_missing_job_network_blocks_sync(facts):
+    facts["job_network"] = {"name": "qfc_jobs", "exists": False}
+    facts["project"]["job_network_source"] = "QFIELDCLOUD_DEFAULT_NETWORK"
+    problems = pb.detect_problems(facts)
+    assert [p["code"] for p in problems] == ["qgis_network_missing"]
+    assert problems[0]["evidence"] == {"network": "qfc_jobs", "source": "QFIELDCLOUD_DEFAULT_NETWORK"}
+    assert not pb.sync_ready(problems)
+    facts["job_network"] = {"name": "qfc_jobs", "exists": True}
+    assert codes(facts) == []
+
+
+def test_two_instances_with_one_environment(facts):
+    facts["project"]["environment"] = "production"
+    facts["shared_environment"] = [{"name": "other-worker_wrapper-1", "project": "other", "environment": "production"}]
+    problems = pb.detect_problems(facts)
+    assert [p["code"] for p in problems] == ["shared_environment_label"]
+    evidence = problems[0]["evidence"]
+    assert evidence["other_projects"] == ["other"]
+    assert evidence["job_label"] == "app=production_worker"
+    assert not pb.sync_ready(problems)
+
+
+def test_missing_qgis4_image_matters_only_for_qgis4_projects(facts):
+    facts["images"]["qgis"].append(
+        {"variable": "QFIELDCLOUD_QGIS4_IMAGE_NAME", "name": "qfieldcloud-qgis4", "present": False}
+    )
+    facts["queue"]["qgis4_projects"] = 0
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["severity"], p["blocks"]) for p in problems] == [("qgis_image_missing", "warning", "none")]
+    facts["queue"]["qgis4_projects"] = 2
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["severity"], p["blocks"]) for p in problems] == [("qgis_image_missing", "critical", "sync")]
+
+
+def test_missing_worker_image_beside_a_running_worker_does_not_block(facts):
+    facts["images"]["worker"]["present"] = False
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["severity"], p["blocks"]) for p in problems] == [("worker_image_missing", "error", "none")]
+    facts["worker"]["replicas"] = []
+    problems = pb.detect_problems(facts)
+    assert sorted((p["code"], p["blocks"]) for p in problems) == [
+        ("worker_image_missing", "sync"),
+        ("worker_not_running", "sync"),
+    ]
+
+
+def test_nginx_down_blocks_the_client_not_sync(facts):
+    facts["services"]["nginx"].update(running=0, state="exited")
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["blocks"]) for p in problems] == [("service_not_running", "client")]
+    assert pb.sync_ready(problems) and not pb.client_ready(problems)
+    assert pb.blocking_codes(problems, "client") == ["service_not_running"]
+
+
+def test_every_catalogue_entry_says_what_it_blocks():
+    for code, entry in pb.CATALOGUE.items():
+        assert entry["blocks"] in pb.BLOCKS, code
+        if entry["severity"] == "critical":
+            assert entry["blocks"] in ("sync", "client"), code

@@ -48,6 +48,8 @@ def test_only_our_compose_project():
     assert sorted(groups["project"]) == ["app", "worker_wrapper"]
     assert groups["hand_started"] == []
     assert groups["jobs"] == []
+    # Another project's running worker is kept aside: two instances may share one ENVIRONMENT label.
+    assert [stack._name(e) for e in groups["foreign_workers"]] == ["other-worker_wrapper-1"]
 
 
 def test_oneoff_is_ignored():
@@ -229,3 +231,63 @@ def test_service_address():
     assert stack.service_address(containers, "db.example.org", "q_default") is None
     assert stack.is_service_name(containers, "app")
     assert not stack.is_service_name(containers, "db.example.org")
+
+
+def test_job_containers_on_an_external_job_network_are_ours():
+    labels = {"app": "production_worker", "job_id": "j1"}
+    job = entry("job1", labels, image="opengisch/qfieldcloud-qgis3:v1", networks=("qfc_jobs",))
+    listing = [job]
+    assert classify(listing)["jobs"] == []
+    groups = stack.classify_containers(
+        listing, "qfieldcloud", "qfieldcloud_default", "production", [], job_network="qfc_jobs"
+    )
+    assert [stack._name(e) for e in groups["jobs"]] == ["job1"]
+
+
+class Events:
+    """A client whose events() returns the given events and records its arguments."""
+
+    def __init__(self, events, error=None):
+        self.events_given = events
+        self.error = error
+        self.calls = []
+
+    def events(self, **kwargs):
+        self.calls.append(kwargs)
+        if self.error:
+            raise self.error
+        return iter(self.events_given)
+
+
+def test_recent_deaths_counts_die_events_per_container():
+    client = Events([{"Actor": {"ID": "aaaaaaaaaaaa" + "0" * 52}}] * 3 + [{"id": "bbbbbbbbbbbb" + "1" * 52}])
+    counts, error = stack.recent_deaths(client, ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"], 600)
+    assert error is None
+    assert counts == {"aaaaaaaaaaaa": 3, "bbbbbbbbbbbb": 1, "cccccccccccc": 0}
+    call = client.calls[0]
+    assert call["filters"] == {"type": "container", "event": "die"}
+    assert 599 <= call["until"] - call["since"] <= 601  # bounded: until is now, so it returns at once
+
+
+def test_recent_deaths_unknown_when_events_cannot_be_read():
+    counts, error = stack.recent_deaths(Events([], error=RuntimeError("not implemented")), ["aaaaaaaaaaaa"], 600)
+    assert counts == {} and "not implemented" in error
+    assert stack.recent_deaths(Events([]), [], 600) == ({}, None)
+
+
+def test_replica_facts_keep_mount_and_env_names_not_values():
+    doc = {
+        "Name": "/w",
+        "Config": {"Env": ["POSTGRES_PASSWORD=secret", "ENVIRONMENT=production"], "Labels": {}},
+        "HostConfig": {},
+        "State": {"Status": "running", "Running": True},
+        "Mounts": [
+            {"Type": "volume", "Name": "qfc_grids", "Source": "/var/lib/x", "Destination": "/grids", "RW": True}
+        ],
+    }
+    facts = stack.replica_facts(doc)
+    assert facts["env_keys"] == ["ENVIRONMENT", "POSTGRES_PASSWORD"]
+    assert "secret" not in repr(facts)
+    assert facts["mounts"] == [
+        {"type": "volume", "name": "qfc_grids", "source": "/var/lib/x", "destination": "/grids", "rw": True}
+    ]

@@ -156,7 +156,20 @@ def test_check_mode_lists_problems_and_drift_once_per_item_never_corrected():
     assert host["actions"] == ["recreate qfieldcloud-worker_wrapper-1 (after drain)"]
     assert [c["task"] for c in host["changes"]] == ["Report what will be built", "Enforce the worker"]
     assert doc["outcome"] == "drift" and doc["exit_status"] == 2
-    assert doc["summary"] == {"hosts": 1, "ok": 0, "drift": 1, "error": 0, "items": 2, "corrected": 0, "changes": 2}
+    assert doc["summary"] == {
+        "hosts": 1,
+        "ok": 0,
+        "drift": 1,
+        "error": 0,
+        "items": 2,
+        "corrected": 0,
+        "changes": 2,
+        "sync_blocked": 1,
+        "client_blocked": 0,
+    }
+    verdict = next(iter(doc["hosts"].values()))["verdict"]
+    assert verdict["sync"] is False and verdict["sync_blocked_by"]
+    assert verdict["client"] is True and verdict["client_blocked_by"] == []
     assert doc["schema_version"] == dr.SCHEMA_VERSION and doc["run"]["id"] == "abc"
 
 
@@ -388,6 +401,38 @@ def wrapper():
 )
 def test_exit_status_contract(wrapper, outcome, playbook_rc, status):
     assert wrapper.exit_status({"outcome": outcome}, playbook_rc) == status
+
+
+@pytest.mark.parametrize(
+    ("summary", "status"),
+    [
+        ({"sync_blocked": 1, "client_blocked": 1}, 3),
+        ({"sync_blocked": 0, "client_blocked": 2}, 4),
+        ({"sync_blocked": 0, "client_blocked": 0}, 2),
+    ],
+)
+def test_exit_status_names_what_is_blocked(wrapper, summary, status):
+    assert wrapper.exit_status({"outcome": "drift", "summary": summary}, 0) == status
+    # an error stays an error, whatever the verdicts
+    assert wrapper.exit_status({"outcome": "error", "summary": summary}, 2) == 1
+
+
+def test_verdict_tells_sync_from_client():
+    result = {
+        "sync_ready": True,
+        "client_ready": False,
+        "problems": [
+            {"code": "nginx_host_mismatch", "severity": "critical", "blocks": "client"},
+            {"code": "worker_port_published", "severity": "warning", "blocks": "none"},
+        ],
+    }
+    assert dr.verdict(result) == {
+        "sync": True,
+        "client": False,
+        "sync_blocked_by": [],
+        "client_blocked_by": ["nginx_host_mismatch"],
+    }
+    assert dr.verdict({})["sync"] is None
 
 
 def test_no_report_is_an_error(wrapper, tmp_path):
