@@ -300,10 +300,12 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "jobs_overdue": {
         "severity": "error",
-        "blocks": "none",
+        "blocks": "sync",
         "summary": "Jobs are queued or started for longer than the job timeout",
-        "meaning": "A stuck job blocks every later job of its project; the cron only fails 'started' ones.",
-        "detection": "queued jobs whose updated_at, or started jobs whose started_at, is older than job_timeout.",
+        "meaning": "A stuck job blocks every later job of its project (sync is blocked for that project's "
+        "users); the cron only fails 'started' ones.",
+        "detection": "Started jobs whose started_at, or queued jobs whose most recent sign (their creation, "
+        "or the end of the project's previous job: a claim writes no time of its own), is older than the job timeout.",
         "remedy": "When their worker process is gone the jobs are also listed as `jobs_orphaned`, which "
         f"`{PLAY_SITE}` recovers. A job a running worker still holds is running long: look at its QGIS container "
         "(`docker ps --filter label=job_id=<id>`); upstream's cron fails a started job after the job timeout "
@@ -311,15 +313,19 @@ CATALOGUE: dict[str, dict[str, str]] = {
     },
     "jobs_orphaned": {
         "severity": "error",
-        "blocks": "none",
+        "blocks": "sync",
         "summary": "Jobs are queued or started by a worker process that no longer exists",
         "meaning": "The worker that claimed them died (Docker daemon or host restarted, container killed): a "
-        "queued job blocks its project for ever, a started one until the cron fails it after the job timeout.",
-        "detection": "queued/started jobs that no running replica's current process names in its last "
-        "'Dequeued job' line and no running QGIS container carries, last changed before every running replica's "
-        "process started.",
+        "queued job blocks its project for ever, a started one until the cron fails it after the job timeout; a "
+        "delta_apply job's deltas stay 'started' and the API reports them busy.",
+        "detection": "queued/started jobs that no running worker's current process names in its last "
+        "'Dequeued job' line and no running QGIS container carries, with a sign that their claimant is gone: an ended "
+        "process last named them, their QGIS container ended, they predate every running process, or they are "
+        "overdue. qfc_worker confirms it on a second read 5 s later before it changes anything.",
         "remedy": f"`{PLAY_SITE}` (qfc_worker puts queued jobs and started package/process_projectfile jobs back "
-        "to pending and fails other started ones, as the cron would), or set them by hand in core_job.",
+        "to pending; other started jobs get the end state upstream's cron gives them: the job failed, a delta_apply "
+        "job's deltas 'error'). Deltas set 'error' are applied again by an administrator: web admin, Deltas, filter "
+        "the project and status 'error', 'Set status pending', then 'Apply selected deltas'.",
     },
     "jobs_failing": {
         "severity": "warning",
@@ -853,14 +859,14 @@ def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
         )
     orphaned = find_orphaned_jobs(facts)
     if orphaned:
+        jobs = [orphans_mod.summary(job) for job in orphaned]
         out.add(
             "jobs_orphaned",
             {
-                "count": len(orphaned),
-                "jobs": [
-                    {"id": job["id"], "status": job["status"], "type": job["type"], "recovery": job["action"]}
-                    for job in orphaned[:10]
-                ],
+                "count": len(jobs),
+                "deltas_to_reapply": sum(job["deltas"] for job in jobs if job["recovery"] == "fail"),
+                "projects": sorted({str(job["project_id"]) for job in jobs if job.get("project_id")}),
+                "jobs": jobs[:10],
             },
         )
     failed = int(queue.get("failed_last_hour") or 0)
@@ -870,16 +876,8 @@ def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
 
 
 def find_orphaned_jobs(facts: dict[str, Any]) -> list[dict[str, Any]]:
-    """The open jobs whose worker process is gone (``orphans.find`` on the facts of one pass)."""
-    queue = facts.get("queue") or {}
-    replicas, hand = _workers(facts)
-    running = [rep for rep in replicas + hand if rep.get("running")]
-    held = {(rep.get("log") or {}).get("last_job") for rep in running}
-    held |= {job.get("job_id") for job in facts.get("job_containers") or [] if job.get("running")}
-    starts = [orphans_mod.docker_time(rep.get("started_at")) for rep in running]
-    if any(start is None or "log" not in rep or "error" in rep["log"] for rep, start in zip(running, starts)):
-        return []  # a replica whose log or start could not be read may hold any job: nothing is proven
-    return orphans_mod.find(queue.get("in_flight_jobs") or [], held, starts)
+    """The open jobs whose worker process is gone (``orphans.find_in_facts`` on the facts of one pass)."""
+    return orphans_mod.find_in_facts(facts)
 
 
 def _detect_app(facts: dict[str, Any], out: _Collector) -> None:

@@ -576,8 +576,11 @@ def discover(
             rep["log"] = {"error": str(exc)}
             continue
         text, current = split_current_run(raw, rep.get("started_at"))
-        if live:
-            rep["log"] = log_signs(current)
+        running_now = bool(rep["running"] and not rep["restarting"])
+        # What the replica's processes hold or held (orphan detection): the current one's last claim, and the
+        # last claim of each process that ended (earlier runs of this container, or all of a stopped one).
+        claims = orphans_mod.process_claims(raw, rep.get("started_at"), running_now, int(log_lines))
+        rep["log"] = dict(log_signs(current), **claims) if live else claims
         tail = text.splitlines()[-log_tail_lines:] if log_tail_lines > 0 else []
         rep["log_tail"] = [clip_line(line) for line in tail]
         # The lines that explain a problem come from the current process; from earlier runs only when it has

@@ -391,12 +391,17 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
 
     app_env = envs.get("app") or {}
     worker_env = envs.get(ws.WORKER_SERVICE) or {}
+    # The job timeout as the server has it: the option; from v26.24 QFIELDCLOUD_WORKER_TIMEOUT_S in the worker's
+    # own environment; before v26.24 WORKER_TIMEOUT_S of constance_constance, which the database read prefers
+    # over anything but those two (an admin may have raised it); else .env or 600.
     job_timeout = opts.get("job_timeout")
+    timeout_source = "option"
     if job_timeout is None:
-        raw = worker_env.get("QFIELDCLOUD_WORKER_TIMEOUT_S") or dotenv.get("QFIELDCLOUD_WORKER_TIMEOUT_S")
-        try:
-            job_timeout = int(raw) if raw else settings["worker_timeout_s"]
-        except ValueError:
+        timeout_source = "default"
+        raw = str(worker_env.get("QFIELDCLOUD_WORKER_TIMEOUT_S") or "").strip()
+        if raw.isdigit():
+            job_timeout, timeout_source = int(raw), "environment"
+        else:
             job_timeout = settings["worker_timeout_s"]
     facts["thresholds"] = {
         "pending_age_s": int(opts["pending_age_threshold"]),
@@ -463,12 +468,18 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         else:
             redactor.add(params.get("password"))
             database, queue = queue_mod.read_database(
-                params, job_timeout, [j["job_id"] for j in job_containers if j.get("job_id")]
+                params,
+                job_timeout,
+                [j["job_id"] for j in job_containers if j.get("job_id")],
+                job_timeout_source=timeout_source,
             )
             database.update(info)
             facts["database"] = database
             if "queue" not in skip:
                 facts["queue"] = queue
+            if database.get("job_timeout_s"):
+                facts["thresholds"]["job_timeout_s"] = int(database["job_timeout_s"])
+            facts["thresholds"]["job_timeout_source"] = database.get("job_timeout_source") or timeout_source
 
     db = facts["database"]
     # -- App -----------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ in tests/integration/test_sync_facts.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import queue
@@ -36,6 +38,8 @@ def row(**over):
         "delta": True,
         "mig": True,
         "cron": True,
+        "constance": False,
+        "applyjobdelta": True,
         "cols": [["project_project", "locked_at"]],
     }
     base.update(over)
@@ -59,7 +63,9 @@ def test_parse_catalog_legacy_generation():
 
 
 def test_parse_catalog_empty_database():
-    cat = queue.parse_catalog(row(job=False, pp=False, mig=False, cron=False, delta=False, cols=[]))
+    cat = queue.parse_catalog(
+        row(job=False, pp=False, mig=False, cron=False, delta=False, constance=False, applyjobdelta=False, cols=[])
+    )
     assert cat["tables_present"] is False
     assert cat["missing_tables"] == ["core_job", "project", "django_migrations"]
 
@@ -152,7 +158,8 @@ def test_read_database_two_round_trips():
     assert q["claimable_pending"] == 0
     assert conn.closed
     # a label value that is not a uuid never reaches the uuid[] cast
-    assert conn.cur.queries[1][1] == {"timeout": 600.0, "job_ids": [job]}
+    assert conn.cur.queries[1][1] == {"timeout": 600.0, "use_constance": True, "job_ids": [job], "claims": "{}"}
+    assert (database["job_timeout_s"], database["job_timeout_source"]) == (600.0, "default")
 
 
 def test_read_database_without_tables_stops_after_catalog():
@@ -167,3 +174,77 @@ def test_read_database_migrations_table_empty():
     conn = FakeConn([row(), [{"counts": [], "migrations_applied": 0}]])
     database = queue.read_database({"host": "h"}, 600, connect=lambda **kw: conn)[0]
     assert database["tables_present"] is False
+
+
+def test_the_timeout_comes_from_constance_before_v26_24_and_from_the_environment_after():
+    sql = queue.queue_sql(queue.parse_catalog(row(constance=True)))
+    assert "FROM constance_constance WHERE key = 'WORKER_TIMEOUT_S'" in sql
+    assert "CASE WHEN %(use_constance)s THEN" in sql
+    assert "make_interval(secs => (SELECT s FROM timeout))" in sql
+    assert "constance_constance" not in queue.queue_sql(queue.parse_catalog(row()))
+    doc = {"counts": [], "migrations_applied": 3, "job_timeout_s": 3600, "job_timeout_from_constance": True}
+    conn = FakeConn([row(constance=True), [doc]])
+    database = queue.read_database({"host": "h"}, 600, connect=lambda **kw: conn)[0]
+    assert (database["job_timeout_s"], database["job_timeout_source"]) == (3600.0, "constance_constance")
+    conn = FakeConn([row(constance=True), [{**doc, "job_timeout_s": 900, "job_timeout_from_constance": False}]])
+    database = queue.read_database({"host": "h"}, 900, connect=lambda **kw: conn, job_timeout_source="environment")[0]
+    assert (database["job_timeout_s"], database["job_timeout_source"]) == (900.0, "environment")
+    assert conn.cur.queries[1][1]["use_constance"] is False
+
+
+def test_ended_jobs_are_counted_by_when_they_ended_within_a_bounded_scan():
+    sql = queue.queue_sql(queue.parse_catalog(row()))
+    assert "coalesce(finished_at, docker_finished_at, started_at, updated_at) > now() - interval '1 hour'" in sql
+    assert f"created_at > now() - interval '{queue.ENDED_LOOKBACK}' OR updated_at > now() - interval '1 hour'" in sql
+    assert "'in_flight'" in sql and "core_applyjobdelta" in sql
+
+
+def test_summarise_queue_keeps_the_in_flight_rows_without_the_recheck_texts():
+    item = {
+        "id": "A",
+        "status": "queued",
+        "type": "package",
+        "project_id": "P",
+        "created_at": 1.0,
+        "started_at": None,
+        "since": 2.0,
+        "deltas": 0,
+        "updated_text": "x",
+        "started_text": None,
+    }
+    q = queue.summarise_queue({"in_flight": [item], "read_at": 5})
+    assert q["in_flight_jobs"] == [
+        {
+            "id": "a",
+            "status": "queued",
+            "type": "package",
+            "project_id": "p",
+            "created_at": 1.0,
+            "started_at": None,
+            "since": 2.0,
+            "deltas": 0,
+        }
+    ]
+    assert q["read_at"] == 5.0
+
+
+def test_a_queued_jobs_claim_time_from_the_worker_log_is_a_sign():
+    conn = FakeConn([row(), [{"counts": [], "migrations_applied": 1}]])
+    job = "0b0e8a6e-4f3c-4d7a-9c55-2f1f8e0f6a11"
+    queue.read_database({"host": "h"}, 600, connect=lambda **kw: conn, claims={job.upper(): 12.5, "nope": 1.0})
+    sql, params = conn.cur.queries[1]
+    assert json.loads(params["claims"]) == {job: 12.5}
+    assert sql.count("%(claims)s::jsonb ->> j.id::text") == 2  # overdue and in_flight
+
+
+def test_qgis4_projects_are_counted_only_where_projects_have_a_qgis_version():
+    with_version = queue.parse_catalog(
+        row(cols='[["project_project", "locked_at"], ["project_project", "qgis_version"]]')
+    )
+    assert with_version["has_qgis_version"] is True
+    assert "split_part(p.qgis_version, '.', 1) = '4'" in queue.queue_sql(with_version)
+    without = queue.parse_catalog(row())
+    assert without["has_qgis_version"] is False
+    assert "qgis4_projects" not in queue.queue_sql(without)
+    assert queue.summarise_queue({"qgis4_projects": 2})["qgis4_projects"] == 2
+    assert queue.summarise_queue({})["qgis4_projects"] is None
