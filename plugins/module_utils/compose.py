@@ -87,6 +87,7 @@ def render_override(
     network_key: str = "default",
     external_network: str | None = None,
     socket: str = DOCKER_SOCKET,
+    keep_network_keys: list[str] | None = None,
 ) -> str:
     """Return the text of the owned override file.
 
@@ -98,9 +99,14 @@ def render_override(
     :param external_network: when the wanted network is not one of the project's, its Docker name;
         it is then declared as an external network under :data:`EXTERNAL_NETWORK_KEY`.
     :param socket: the Docker socket path, mounted read-write at the same path.
+    :param keep_network_keys: further networks of the service (compose keys) that it keeps: a worker on extra
+        networks is fine, so the override adds the wanted network without cutting the worker off the others.
+
+    The override never names an image or a build: the worker runs what compose resolves for the service.
     """
     if external_network:
         network_key = EXTERNAL_NETWORK_KEY
+    keys = [network_key, *sorted({key for key in keep_network_keys or [] if key and key != network_key})]
     words = ", ".join(_yaml_str(word) for word in command)
     lines = [
         HEADER.rstrip("\n"),
@@ -110,7 +116,7 @@ def render_override(
         f"    command: !override [{words}]",
         "    ports: !reset []",
         "    networks: !override",
-        f"      {network_key}:",
+        *[f"      {key}:" for key in keys],
         "    environment:",
         f"      POSTGRES_HOST: {_yaml_str(db_host)}",
         "    volumes:",
@@ -138,6 +144,72 @@ def network_key_for(project_config: dict[str, Any], network: str) -> str | None:
         if network in (name, key):
             return key
     return None
+
+
+def network_name(project_config: dict[str, Any], key: str) -> str:
+    """Return the Docker name of the project network ``key`` (its ``name``, else ``<project>_<key>``)."""
+    spec = (project_config.get("networks") or {}).get(key) or {}
+    return spec.get("name") or f"{project_config.get('name')}_{key}"
+
+
+def service_networks(project_config: dict[str, Any], service: str) -> dict[str, dict[str, Any]]:
+    """Return ``{compose key: endpoint settings}`` of a service's networks (``default`` when it names none).
+
+    A service with ``network_mode`` has no compose networks: ``{}``.
+    """
+    svc = (project_config.get("services") or {}).get(service) or {}
+    if svc.get("network_mode"):
+        return {}
+    networks = svc.get("networks")
+    if networks is None:
+        return {"default": {}}
+    if isinstance(networks, list):
+        return {str(key): {} for key in networks}
+    return {str(key): dict(value or {}) for key, value in networks.items()}
+
+
+def service_dns_names(project_config: dict[str, Any], service: str) -> dict[str, list[str]]:
+    """Return ``{Docker network name: [names]}`` under which the service's containers resolve on each network.
+
+    Compose gives every container of a service its service name and container name as aliases on each of its
+    networks, plus the ``aliases`` the file lists for that network. Without a ``container_name`` the container
+    names are ``<project>-<service>-<n>``; the first one is listed.
+    """
+    svc = (project_config.get("services") or {}).get(service) or {}
+    container = svc.get("container_name") or f"{project_config.get('name')}-{service}-1"
+    result: dict[str, list[str]] = {}
+    for key, endpoint in service_networks(project_config, service).items():
+        names = {service, container, *((endpoint or {}).get("aliases") or [])}
+        result[network_name(project_config, key)] = sorted(names)
+    return result
+
+
+def service_for_host(project_config: dict[str, Any], host: str | None) -> str | None:
+    """Return the compose service that ``host`` (a ``POSTGRES_HOST``) names, or ``None`` (an external host).
+
+    ``host`` may be the service name, its ``container_name``, one of its aliases or a compose container name
+    (``<project>-<service>-<n>``).
+    """
+    if not host:
+        return None
+    services = project_config.get("services") or {}
+    if host in services:
+        return host
+    for service in sorted(services):
+        names = {name for names in service_dns_names(project_config, service).values() for name in names}
+        if host in names or re.fullmatch(
+            rf"{re.escape(str(project_config.get('name')))}[-_]{re.escape(service)}[-_]\d+", host
+        ):
+            return service
+    return None
+
+
+def volume_names(project_config: dict[str, Any]) -> dict[str, str]:
+    """Return ``{compose key: Docker name}`` of the project's named volumes (``<project>_<key>`` by default)."""
+    return {
+        str(key): (spec or {}).get("name") or f"{project_config.get('name')}_{key}"
+        for key, spec in (project_config.get("volumes") or {}).items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,3 +532,15 @@ class ComposeCli:
     def build_command(self, service: str) -> str:
         """Return the command a person runs to build the service's image."""
         return self.shell_command("build", service)
+
+    def pull_command(self, service: str) -> str:
+        """Return the command a person runs to fetch the service's prebuilt image."""
+        return self.shell_command("pull", service)
+
+    def image_command(self, service: str, service_config: dict[str, Any] | None) -> str:
+        """Return the command that provides the service's image: ``pull`` for a prebuilt image (``image:`` and no
+        ``build:``), else ``build``. A prebuilt image is never replaced by a local build."""
+        config = service_config or {}
+        if str(config.get("image") or "").strip() and not config.get("build"):
+            return self.pull_command(service)
+        return self.build_command(service)

@@ -617,7 +617,7 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                 out.add(item["code"], {"replicas_expected": expected, "replicas_running": len(running_compose)})
 
     if running_hand:
-        gaps = {r.get("name"): list(r.get("gaps") or []) for r in running_hand if r.get("gaps")}
+        gaps = {r.get("name"): list(r.get("gaps") or []) for r in running_hand if r.get("breaks_jobs")}
         evidence = {
             "containers": [r.get("name") for r in running_hand],
             "compose_replicas_running": len(running_compose),
@@ -788,9 +788,12 @@ def _detect_services(facts: dict[str, Any], out: _Collector) -> None:
     skipped = set(facts.get("checks_skipped") or [])
     # What each service's absence stops: app and database stop jobs; nginx only the devices' way in.
     blocks = {"app": "sync", "db": "sync", "nginx": "client", "memcached": "none"}
-    for name in ("app", "db", "memcached", "nginx"):
+    # The database is whichever service POSTGRES_HOST names (`db` in upstream's standalone override).
+    database = (facts.get("project") or {}).get("database_service") or "db"
+    blocks[database] = "sync"
+    for name in ("app", database, "memcached", "nginx"):
         svc = services.get(name) or {}
-        if name == "db" and "db" in skipped:
+        if name == database and "db" in skipped:
             continue
         if svc.get("present") and not svc.get("running"):
             out.add("service_not_running", {"service": name, "state": svc.get("state")}, blocks=blocks[name])

@@ -42,7 +42,10 @@ from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_spec 
     DOCKER_SOCKET,
     WORKER_SERVICE,
     command_words,
+    container_dns_names,
+    env_keys,
     normalise_image_ref,
+    replica_mounts,
 )
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -274,17 +277,8 @@ def replica_facts(inspect: dict[str, Any], network: str | None = None, image_use
             "entrypoint": list(config.get("Entrypoint") or []),
             "restart_policy": ((host.get("RestartPolicy") or {}).get("Name")) or "no",
             # Names only, never values: what a hand-started worker lacks is judged from these.
-            "env_keys": sorted(env),
-            "mounts": [
-                {
-                    "type": m.get("Type"),
-                    "name": m.get("Name"),
-                    "source": m.get("Source"),
-                    "destination": m.get("Destination"),
-                    "rw": bool(m.get("RW")),
-                }
-                for m in inspect.get("Mounts") or []
-            ],
+            "env_keys": env_keys(inspect),
+            "mounts": replica_mounts(inspect),
             "hardening": {
                 "cap_drop": list(host.get("CapDrop") or []),
                 "no_new_privileges": any(
@@ -531,6 +525,13 @@ def discover(
 
     services: dict[str, Any] = {}
     containers: dict[str, list[dict[str, Any]]] = {}
+    # The names each service's (first running) container answers to on each of its networks: where POSTGRES_HOST
+    # resolves, and so which network the worker must be on.
+    dns_names: dict[str, dict[str, list[str]]] = {}
+    for service, docs in inspected.items():
+        live = [d for d in docs if (d.get("State") or {}).get("Running")]
+        if live:
+            dns_names[service] = container_dns_names(live[0])
     for service in sorted(set(EXPECTED_SERVICES) | set(inspected)):
         docs = inspected.get(service, [])
         facts = [container_facts(d, network) for d in docs]
@@ -640,6 +641,7 @@ def discover(
         "images": image_facts,
         "job_containers": jobs,
         "foreign_workers": foreign,
+        "dns_names": dns_names,
         "job_network": network_facts,
         "events_error": events_error,
         "envs": envs,

@@ -306,6 +306,32 @@ def _db_params(
     return params, info
 
 
+# What a worker cannot run a job without: the /tmp hand-off (the daemon mounts /tmp/tmpXXXX of the host into the
+# QGIS container), the project files' storage, the callback URL and the job network.
+JOB_ESSENTIALS = (
+    "bind:/tmp",
+    "env:STORAGES",
+    "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL",
+    "env:QFIELDCLOUD_DEFAULT_NETWORK",
+    "env:ENVIRONMENT",
+)
+
+
+def breaks_jobs(gaps: list[str]) -> bool:
+    """Whether a hand-started worker's gaps make every job it claims fail (see :data:`JOB_ESSENTIALS`)."""
+    return any(gap in JOB_ESSENTIALS or gap.startswith("volume:") for gap in gaps)
+
+
+def database_service(dns_names: dict[str, dict[str, list[str]]], db_host: str | None) -> str | None:
+    """The compose service whose running container answers to ``db_host`` on one of its networks, else None."""
+    if not db_host:
+        return None
+    for service in sorted(dns_names):
+        if any(db_host in names for names in dns_names[service].values()):
+            return service
+    return None
+
+
 def healthy_now(replica: dict[str, Any]) -> bool:
     """Whether a worker replica runs a healthy dequeue loop now.
 
@@ -421,12 +447,20 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
     # -- Workers -------------------------------------------------------------------------------------------
     if discovery is not None:
         worker_image = facts["images"]["worker"]
+        db_host = app_env.get("POSTGRES_HOST") or dotenv.get("POSTGRES_HOST") or None
+        dns_names = discovery["dns_names"]
+        # A stopped database answers to no name: then the service that POSTGRES_HOST names literally.
+        db_service = database_service(dns_names, db_host) or (db_host if db_host in facts["services"] else None)
+        db_names = dns_names.get(db_service) if db_service else None
+        app_networks = [n for c in containers.get("app") or [] if c.get("running") for n in c.get("networks") or []]
+        facts["project"]["database_service"] = db_service
         expected = ws.expected_worker(
             project,
-            network=network,
-            db_host=app_env.get("POSTGRES_HOST") or dotenv.get("POSTGRES_HOST") or None,
+            network=ws.expected_network(network, db_names, app_networks, db_host),
+            db_host=db_host,
             image=worker_image["name"],
             image_id=worker_image.get("id"),
+            db_names=db_names,
         )
         expected["image_aliases"] = [ws.worker_image_name(project), ws.worker_image_name(project, compose_v1=True)]
         replicas = discovery["worker"]["replicas"]
@@ -434,6 +468,13 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         for rep in replicas + hand:
             rep["drift"] = ws.worker_drift(rep, expected)
             rep["healthy_now"] = healthy_now(rep)
+        # What compose gives the worker, as its own replica shows it: a hand-started one is judged against that.
+        model = replicas[0] if replicas else None
+        model_env = set(model["env_keys"]) if model else None
+        model_volumes = [dict(m) for m in model["mounts"]] if model else None
+        for rep in hand:
+            rep["gaps"] = ws.hand_started_gaps(rep, model_env, model_volumes)
+            rep["breaks_jobs"] = breaks_jobs(rep["gaps"])
         if settings["env_file"]:
             replicas_expected = settings["worker_replicas"]
         elif str(worker_env.get("QFIELDCLOUD_WORKER_REPLICAS", "")).strip().isdigit():

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import time
 import traceback
 from typing import Any
 
@@ -67,6 +68,7 @@ CODE_IMAGE_MISSING = "worker_image_missing"
 CODE_HAND_STARTED = "worker_hand_started"
 CODE_NOT_PERSISTENT = "worker_config_not_persistent"
 CODE_STOPPED_WANTED = "worker_should_be_stopped"
+CODE_QGIS_NETWORK_MISSING = "qgis_network_missing"
 DEFAULT_STOP_TIMEOUT = 900
 STUCK_STOP_TIMEOUT = 3
 MAX_REPLICAS = 32
@@ -133,6 +135,8 @@ def replica_from_inspect(attrs: dict[str, Any], image_user: str | None = None) -
             "managed_by": labels.get(LABEL_MANAGED),
             "spec_hash": labels.get(LABEL_SPEC),
             "env_project": env.get("COMPOSE_PROJECT_NAME"),
+            "mounts": spec.replica_mounts(attrs),
+            "env_keys": spec.env_keys(attrs),
         }
     )
     return replica
@@ -217,6 +221,33 @@ class Engine:
         except NotFound:
             return False
         return True
+
+    def db_names(self, project: str, db_host: str | None) -> dict[str, list[str]] | None:
+        """Return ``{network: [names]}`` of the container ``db_host`` names (a container of ``project``, by service,
+        container name or alias), or ``None`` when it names none: an external host."""
+        if not db_host:
+            return None
+        summaries = self.api.containers(all=True, filters={"label": f"{LABEL_PROJECT}={project}"})
+
+        def named(summary: dict[str, Any]) -> bool:
+            names = [n.lstrip("/") for n in summary.get("Names") or []]
+            return db_host in ((summary.get("Labels") or {}).get(LABEL_SERVICE), *names)
+
+        # The service or container name first (one inspect); aliases only when neither matches.
+        for summary in sorted(summaries, key=lambda item: not named(item)):
+            found = spec.container_dns_names(self.inspect(summary["Id"]) or {})
+            if any(db_host in dns for dns in found.values()):
+                return found
+        return None
+
+    def service_networks(self, project: str, service: str) -> list[str]:
+        """Return the networks of the first container of ``project``/``service``."""
+        filters = {"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_SERVICE}={service}", LABEL_NUMBER]}
+        for summary in self.api.containers(all=True, filters=filters):
+            attrs = self.inspect(summary["Id"])
+            if attrs:
+                return sorted(((attrs.get("NetworkSettings") or {}).get("Networks") or {}).keys())
+        return []
 
     def logs_since_start(self, replica: dict[str, Any]) -> str:
         """Return the log of a replica's current process (bounded tail), split as qfc_sync_facts splits it."""
@@ -362,20 +393,73 @@ class WorkerRun:
             "sslmode": env.get("POSTGRES_SSLMODE"),
         }
 
-    def _check_db_host(self, engine: Engine, db_host: str, network: str, services: list[str], source: str) -> None:
-        """Make sure ``db_host`` can be reached from ``network``; raise naming ``db_host`` otherwise."""
-        if db_host in services or db_host in engine.network_aliases(network):
+    def _check_db_host(
+        self,
+        engine: Engine,
+        db_host: str,
+        networks: list[str],
+        db_names: dict[str, list[str]] | None,
+        source: str,
+    ) -> None:
+        """Make sure ``db_host`` resolves from the worker's own ``networks``; raise naming ``db_host`` otherwise.
+
+        Proof is the database container answering to that name on one of those networks (its service name,
+        container name or an alias there, from the compose configuration or the running containers), or an
+        external host (an address, or a name this host resolves). A project container's name on other networks
+        only is no proof: the worker would not resolve it.
+        """
+        if db_host in spec.names_on(db_names, networks):
             return
+        if any(db_host in engine.network_aliases(net) for net in networks):
+            return
+        if db_names:
+            where = sorted(net for net, names in db_names.items() if db_host in names)
+            raise WorkerError(
+                f"db_host: {db_host!r} ({source}) names the database container, but it resolves only on"
+                f" {', '.join(where) or 'no network'}, none of the worker's networks ({', '.join(networks)}); give"
+                " the network option, or a db_host the worker resolves.",
+                option="db_host",
+            )
         if re.match(r"^[0-9.]+$|^[0-9a-fA-F:]+:[0-9a-fA-F:]*$", db_host):
             return
         try:
             socket.getaddrinfo(db_host, None)
         except OSError:
             raise WorkerError(
-                f"db_host: {db_host!r} ({source}) is neither a service or container on network {network!r} nor"
-                " a name this host resolves; give db_host explicitly (the host the app uses for its database).",
+                f"db_host: {db_host!r} ({source}) is neither a container on the worker's networks"
+                f" ({', '.join(networks)}) nor a name this host resolves; give db_host explicitly (the host the app"
+                " uses for its database).",
                 option="db_host",
             ) from None
+
+    def _qgis_network(self, engine: Engine, settings: dict[str, Any], worker_env: dict[str, Any] | None) -> None:
+        """Report a ``QFIELDCLOUD_DEFAULT_NETWORK`` that names a network that does not exist (never create it).
+
+        It is the QGIS job containers' network, never forced onto the worker; a job container cannot start
+        without it (``network ... not found``).
+        """
+        value = str((worker_env or {}).get("QFIELDCLOUD_DEFAULT_NETWORK") or "").strip()
+        if not value and settings.get("job_network_source") == "QFIELDCLOUD_DEFAULT_NETWORK":
+            value = settings.get("job_network") or ""
+        if not value or engine.network_exists(value):
+            return
+        where = settings.get("env_file") or ".env"
+        remedy = f"docker network create {value}, or set QFIELDCLOUD_DEFAULT_NETWORK in {where} to an existing network"
+        self._drift(
+            None,
+            {
+                "field": "qgis_network",
+                "expected": f"Docker network {value!r} exists (QFIELDCLOUD_DEFAULT_NETWORK)",
+                "actual": None,
+                "code": CODE_QGIS_NETWORK_MISSING,
+                "remedy": remedy,
+            },
+        )
+        self.details["qgis_network_missing"] = {"network": value, "remedy": remedy}
+        self.warnings.append(
+            f"{CODE_QGIS_NETWORK_MISSING}: QFIELDCLOUD_DEFAULT_NETWORK names {value!r}, which does not exist: every"
+            f" QGIS job container fails to start. Not created by this module; {remedy}."
+        )
 
     def _current(self, engine: Engine, replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Re-read ``replicas``: their state now and the job each one's current process last dequeued."""
@@ -454,11 +538,15 @@ class WorkerRun:
             )
         self.details.setdefault("stopped", {}).update(outcome)
 
-    def _running_workers(self, engine: Engine, project: str) -> list[dict[str, Any]] | None:
-        """Every running dequeue worker of ``project`` (compose replicas and hand-started ones) with its current
-        process's last job, or ``None`` when one of them cannot be read (then nothing is proven)."""
+    def _worker_claims(self, engine: Engine, project: str) -> dict[str, Any] | None:
+        """What the engine shows of the holders of ``project``'s jobs (the Docker half of ``orphans.py``'s rule).
+
+        Every dequeue worker container of the project (compose replicas and hand-started ones, running or not)
+        with :func:`orphans.process_claims` of its log, and every QGIS job container (``job_id`` label) with its
+        state. ``None`` when a running worker's start or log cannot be read: it may hold any job.
+        """
         workers = []
-        for summary in engine.api.containers(filters={"status": "running"}):
+        for summary in engine.api.containers(all=True):
             if "dequeue" not in str(summary.get("Command") or ""):
                 continue
             attrs = engine.inspect(summary["Id"])
@@ -467,46 +555,116 @@ class WorkerRun:
             replica = replica_from_inspect(attrs)
             if project not in (replica.get("compose_project"), replica.get("env_project")):
                 continue
-            if not spec.is_dequeue_command(replica["command"]) or not replica.get("running"):
+            if not spec.is_dequeue_command(replica["command"]):
                 continue
-            replica["process_start"] = orphans_mod.docker_time(replica.get("started_at"))
-            if replica["process_start"] is None:
+            # A container waiting to be restarted by its policy has no live process.
+            running = bool(replica.get("running")) and not replica.get("restarting")
+            start = orphans_mod.docker_time(replica.get("started_at"))
+            if running and start is None:
                 return None
-            replica["last_job"] = drain_mod.last_dequeued_job(engine.logs_since_start(replica))
-            workers.append(replica)
-        return workers
+            try:
+                raw = engine.api.logs(replica["id"], stdout=True, stderr=True, tail=drain_mod.LOG_TAIL, timestamps=True)
+            except DockerException:
+                if running:
+                    return None
+                continue
+            text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else str(raw)
+            claims = orphans_mod.process_claims(text, replica.get("started_at"), running, drain_mod.LOG_TAIL)
+            workers.append(
+                {
+                    "id": replica["id"],
+                    "name": replica["name"],
+                    "running": running,
+                    "started_at": replica.get("started_at"),
+                    "process_start": start,
+                    **claims,
+                }
+            )
+        containers = []
+        for summary in engine.api.containers(all=True, filters={"label": "job_id"}):
+            job = (summary.get("Labels") or {}).get("job_id")
+            if job:
+                containers.append({"job_id": job.lower(), "running": summary.get("State") == "running"})
+        return {"workers": workers, "job_containers": containers}
 
-    def _orphaned_jobs(self, engine: Engine) -> None:
+    @staticmethod
+    def _ended_since(before: dict[str, Any] | None, now: dict[str, Any]) -> tuple[list[str], list[str]]:
+        """Evidence that only a look before this run's changes gives: ``(jobs named last by worker processes that
+        ran then and have ended since, jobs whose QGIS container ran then and does not now)``. A replaced
+        container takes its log with it; a worker that restarts may remove a leftover QGIS container."""
+        if not before:
+            return [], []
+        later = {item["id"]: item for item in now["workers"]}
+        ended = []
+        for item in before["workers"]:
+            if not item.get("running") or not item.get("last_job"):
+                continue
+            same = later.get(item["id"])
+            if same is None or not same["running"] or same.get("started_at") != item.get("started_at"):
+                ended.append(item["last_job"])
+        running_now = {c["job_id"] for c in now["job_containers"] if c["running"]}
+        gone = [c["job_id"] for c in before["job_containers"] if c["running"] and c["job_id"] not in running_now]
+        return ended, gone
+
+    def _orphan_read(self, engine: Engine, conn: Any, before: dict[str, Any] | None) -> dict[str, Any] | None:
+        """One read of ``orphans.py``'s rule: the database first, then Docker. ``None``: nothing can be proven."""
+        jobs, db_now = orphans_mod.read_in_flight(conn)
+        claims = self._worker_claims(engine, self._scope["project"])
+        if claims is None:
+            return None
+        ended, gone = self._ended_since(before, claims)
+        raw_timeout = str((self._scope.get("env") or {}).get("QFIELDCLOUD_WORKER_TIMEOUT_S") or "").strip()
+        timeout = float(raw_timeout) if raw_timeout.isdigit() and int(raw_timeout) > 0 else None
+        found = orphans_mod.orphaned(jobs, claims["workers"], claims["job_containers"], ended, gone, timeout, db_now)
+        named = {item["last_job"] for item in claims["workers"] if item["running"] and item.get("last_job")}
+        in_flight = {job["id"] for job in jobs}
+        leftovers = sorted(
+            {c["job_id"] for c in claims["job_containers"] if c["running"] and c["job_id"] in in_flight} - named
+        )
+        return {"found": found, "leftovers": leftovers, "at": time.monotonic()}
+
+    def _orphaned_jobs(self, engine: Engine, before: dict[str, Any] | None = None) -> None:
         """Recover the jobs whose worker process is gone (see ``orphans.py``); in check mode only report them.
 
         Runs after the worker set is right (or would be, in check mode), so the running workers' processes are
-        the ones that will pick the jobs up again.
+        the ones that will pick the jobs up again. ``before`` is :meth:`_worker_claims` from before this run's
+        changes. When this run restarted or replaced workers and a QGIS container still runs a job no live
+        process names, it waits (at most ``orphans.LEFTOVER_WAIT_S``) for the new worker to remove it, so that
+        its job is recovered in this run. A job is acted on only when two reads ``orphans.CONFIRM_S`` apart
+        agree.
         """
         scope = self._scope
         db = self._db_settings(engine, scope["project"], scope["network"], scope.get("env"))
         if not db or not HAS_PSYCOPG2:
-            return
-        workers = self._running_workers(engine, scope["project"])
-        if not workers:
             return
         try:
             conn = _connect(db)
         except Exception:  # the database cannot be read: nothing to prove; qfc_sync_facts reports it
             return
         try:
-            held = {item["last_job"] for item in workers if item.get("last_job")} | engine.running_job_containers()
-            found = orphans_mod.find(
-                orphans_mod.read_in_flight(conn), held, [item["process_start"] for item in workers]
-            )
+            first = self._orphan_read(engine, conn, before)
+            if first is not None and first["leftovers"] and self.actions and not self.check:
+                deadline = time.monotonic() + orphans_mod.LEFTOVER_WAIT_S
+                while first is not None and first["leftovers"] and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    first = self._orphan_read(engine, conn, before)
+            if first is None or not first["found"]:
+                return
+            time.sleep(max(0.0, orphans_mod.CONFIRM_S - (time.monotonic() - first["at"])))
+            second = self._orphan_read(engine, conn, before)
+            found = orphans_mod.confirmed(first["found"], second["found"]) if second else []
             if not found:
                 return
             for job in found:
+                lost = orphans_mod.decide(job) == "fail" and job.get("deltas")
+                lost = f"; its {job['deltas']} delta(s) need re-applying" if lost else ""
                 self._drift(
                     None,
                     {
                         "field": "job",
                         "expected": f"{job['id']} held by a running worker, or pending",
-                        "actual": f"{job['status']} ({job['type']}) by a worker process that is gone",
+                        "actual": f"{job['status']} ({job['type']}) of project {job['project_id']} by a worker"
+                        f" process that is gone{lost}",
                         "code": orphans_mod.CODE,
                     },
                 )
@@ -514,11 +672,15 @@ class WorkerRun:
         finally:
             conn.close()
         for job in done:
-            what = "put back to pending" if job["action"] == "requeue" else "set failed (it may have run in part)"
+            if job["action"] == "requeue":
+                what = f"put back to pending (project {job['project_id']})"
+            else:
+                what = f"set failed (it may have run in part; project {job['project_id']}"
+                if job.get("type") == "delta_apply":
+                    what += f", {job['deltas']} delta(s) {'would be ' if self.check else ''}set error to re-apply"
+                what += ")"
             self.actions.append(f"job {job['id']} ({job['status']} {job['type']}, its worker process is gone): {what}")
-        self.details["orphaned_jobs"] = [
-            {"id": job["id"], "status": job["status"], "type": job["type"], "recovery": job["action"]} for job in done
-        ]
+        self.details["orphaned_jobs"] = [orphans_mod.summary(job) for job in done]
 
     def _drain(self, engine: Engine, replicas: list[dict[str, Any]], db: dict[str, Any]) -> None:
         running = [item for item in replicas if item.get("running")]
@@ -532,8 +694,18 @@ class WorkerRun:
         if busy:
             raise WorkerError(drain_mod.drain_message(busy, timeout), option="drain_timeout", code="drain_timeout")
 
-    def _expected(self, project: str, network: str, db_host: str, image: str, image_id: str | None) -> dict:
-        expected = spec.expected_worker(project, network=network, db_host=db_host, image=image, image_id=image_id)
+    def _expected(
+        self,
+        project: str,
+        network: str,
+        db_host: str,
+        image: str,
+        image_id: str | None,
+        db_names: dict[str, list[str]] | None = None,
+    ) -> dict:
+        expected = spec.expected_worker(
+            project, network=network, db_host=db_host, image=image, image_id=image_id, db_names=db_names
+        )
         expected["running"] = self.p.get("state") != "stopped"
         return expected
 
@@ -553,7 +725,7 @@ class WorkerRun:
     def _expected_view(self, expected: dict[str, Any], command: list[str], running: bool) -> dict[str, Any]:
         return {
             "user": "root",
-            "networks": [expected["network"]],
+            "networks": expected.get("planned_networks") or [expected["network"]],
             "published_ports": [],
             "postgres_host": expected.get("db_host"),
             "command": " ".join(command),
@@ -563,17 +735,21 @@ class WorkerRun:
             "running": running,
         }
 
-    def _image_missing(self, image: str, build: str) -> None:
-        """Report the missing worker image with the command that builds it; outside check mode, fail."""
+    def _image_missing(self, image: str, command: str) -> None:
+        """Report the missing worker image with the command that provides it (``docker compose pull`` for a
+        prebuilt image, ``docker compose build`` for a local build); outside check mode, fail. Never builds."""
+        pull = " pull " in f" {command} "
+        key = "pull_command" if pull else "build_command"
         self._drift(None, {"field": "image", "expected": image, "actual": None, "code": CODE_IMAGE_MISSING})
-        self.details.update({"image_missing": True, "build_command": build})
+        self.details.update({"image_missing": True, key: command, "image_command": command})
         if not self.check:
             raise WorkerError(
-                f"{CODE_IMAGE_MISSING}: the worker image {image!r} does not exist; build it first: {build}",
+                f"{CODE_IMAGE_MISSING}: the worker image {image!r} does not exist; {'pull' if pull else 'build'} it"
+                f" first: {command}",
                 option="image",
                 code=CODE_IMAGE_MISSING,
-                build_command=build,
                 drift=self.drift,
+                **{key: command, "image_command": command},
             )
 
     def _container_diff(self, before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -621,12 +797,15 @@ class WorkerRun:
         try:
             with lock:
                 self.details["lock_waited_s"] = round(lock.waited, 1)
+                recover = (self.p.get("orphaned_jobs") or "recover") != "keep"
+                # What the workers held before this run changes them: a replaced container takes its log along.
+                before = self._worker_claims(engine, project) if recover and not self.check else None
                 if mode == "compose":
                     self._run_compose(engine, settings, state, timeout)
                 else:
                     self._run_standalone(engine, settings, state, timeout)
-                if self._scope.get("running") and (self.p.get("orphaned_jobs") or "recover") != "keep":
-                    self._orphaned_jobs(engine)
+                if self._scope.get("running") and recover:
+                    self._orphaned_jobs(engine, before)
         except compose_mod.LockTimeout as exc:
             raise WorkerError(str(exc), option="lock_timeout") from None
         self.changed = bool(self.actions)
@@ -687,30 +866,54 @@ class WorkerRun:
             )
 
         replicas = self._desired_replicas(settings)
-        network = self.p.get("network") or settings["default_network"]
         app_env = engine.service_env(project, "app")
         db_host = self.p.get("db_host")
         source = "the db_host option"
         if not db_host:
             db_host = (app_env or {}).get("POSTGRES_HOST") or (settings.get("postgres") or {}).get("host") or "db"
             source = "POSTGRES_HOST of the app container" if app_env else "POSTGRES_HOST in .env"
-        self._check_db_host(engine, db_host, network, services, source)
+        db_names = self._compose_db_names(engine, current, project, db_host)
+        network = self.p.get("network")
+        if not network:
+            if "app" in services:
+                app_networks = [
+                    compose_mod.network_name(current, key) for key in compose_mod.service_networks(current, "app")
+                ]
+            else:
+                app_networks = engine.service_networks(project, "app")
+            network = spec.expected_network(settings["default_network"], db_names, app_networks, db_host)
         network_key = compose_mod.network_key_for(current, network)
         external = None
-        if network_key is None:
+        if network_key is None or network_key == compose_mod.EXTERNAL_NETWORK_KEY:
             if not engine.network_exists(network):
                 raise WorkerError(
                     f"network: {network!r} is neither a network of the compose project nor an existing Docker"
-                    " network; give the network the db and app containers are on.",
+                    " network; give the network where the worker reaches the database (the db container's).",
                     option="network",
                 )
             external = network
+        # A worker on extra networks is fine: the override adds the wanted one and keeps those the project's own
+        # files give the worker.
+        base = self._base_config(cli, settings, current, override_path)
+        keep = [
+            key
+            for key in compose_mod.service_networks(base, service)
+            if compose_mod.network_name(base, key) != network and key != compose_mod.EXTERNAL_NETWORK_KEY
+        ]
+        planned_networks = [network, *sorted(compose_mod.network_name(base, key) for key in keep)]
+        self._check_db_host(engine, db_host, planned_networks, db_names, source)
         command = self._dequeue_command(cli, settings, service)
 
         # Files: planned content.
         override_before = compose_mod.read_text(override_path)
         override_after = compose_mod.render_override(
-            service, command, db_host, replicas, network_key=network_key or "default", external_network=external
+            service,
+            command,
+            db_host,
+            replicas,
+            network_key=network_key or "default",
+            external_network=external,
+            keep_network_keys=keep,
         )
         env_before = compose_mod.read_text(env_path)
         env_after, cf_before, cf_after = compose_mod.planned_env_text(
@@ -732,7 +935,9 @@ class WorkerRun:
                 option="override_file",
             ) from None
         svc = (planned.get("services") or {}).get(service) or {}
-        image = self.p.get("image") or svc.get("image") or f"{project}-{service}"
+        # What compose resolves for the service: a prebuilt image (image:) or the local build's name. The override
+        # never names an image or a build, so a repair never swaps one for the other.
+        image = self.p.get("image") or spec.resolved_image(svc, project, service)
         image_data = engine.image(image)
         image_id = (image_data or {}).get("Id")
         self.details.update(
@@ -749,7 +954,9 @@ class WorkerRun:
 
         # Containers.
         replicas_now = engine.service_replicas(project, service)
-        expected = self._expected(project, network, db_host, image, image_id)
+        expected = self._expected(project, network, db_host, image, image_id, db_names)
+        expected["planned_networks"] = planned_networks
+        self._qgis_network(engine, settings, svc.get("environment"))
         want_running = state != "stopped"
         recreate: list[dict[str, Any]] = []
         start: list[dict[str, Any]] = []
@@ -788,11 +995,22 @@ class WorkerRun:
             )
 
         hand = self._hand_started(engine, project, image, image_id)
+        env_keys = set((svc.get("environment") or {}).keys())
+        for item in hand:
+            item["gaps"] = spec.hand_started_gaps(item, env_keys, svc.get("volumes") or [])
         self.details["hand_started"] = [item["name"] for item in hand]
+        if hand:
+            self.details["hand_started_gaps"] = {item["name"]: item["gaps"] for item in hand}
         if hand and not self.p.get("remove_hand_started"):
+            lacking = "; ".join(
+                f"{item['name']} lacks {', '.join(item['gaps'][:6])}{' ...' if len(item['gaps']) > 6 else ''}"
+                for item in hand
+                if item["gaps"]
+            )
             self.warnings.append(
-                f"hand-started worker(s) beside the compose service: {', '.join(i['name'] for i in hand)};"
-                " set remove_hand_started: true to remove them"
+                f"hand-started worker(s) beside the compose service: {', '.join(i['name'] for i in hand)}"
+                + (f" ({lacking}: the jobs it claims fail)" if lacking else "")
+                + "; set remove_hand_started: true to retire them (drained first)"
             )
         remove_hand = hand if self.p.get("remove_hand_started") else []
         for item in remove_hand:
@@ -803,12 +1021,13 @@ class WorkerRun:
                     "expected": "absent",
                     "actual": item.get("status"),
                     "code": CODE_HAND_STARTED,
+                    "gaps": item["gaps"],
                 },
             )
 
         # Plan.
         if image_data is None and want_running and replicas > 0:
-            self._image_missing(image, cli.build_command(service))
+            self._image_missing(image, cli.image_command(service, svc))
         if override_changes:
             self.actions.append(f"write {override_path}")
             self.diffs.append(
@@ -944,6 +1163,33 @@ class WorkerRun:
             option="project_dir",
         )
 
+    def _compose_db_names(
+        self, engine: Engine, config: dict[str, Any], project: str, db_host: str
+    ) -> dict[str, list[str]] | None:
+        """Return ``{network: [names]}`` of the database service ``db_host`` names (compose configuration, plus its
+        container's own names when it exists), or ``None`` when ``db_host`` is not a service of the project."""
+        db_service = compose_mod.service_for_host(config, db_host)
+        if not db_service:
+            return None
+        names = compose_mod.service_dns_names(config, db_service)
+        for net, more in (engine.db_names(project, db_host) or {}).items():
+            if net in names:
+                names[net] = sorted(set(names[net]) | set(more))
+        return names
+
+    def _base_config(
+        self, cli: compose_mod.ComposeCli, settings: dict[str, Any], current: dict[str, Any], override_path: str
+    ) -> dict[str, Any]:
+        """Return the project's configuration without the owned override (``current`` when it is not in use)."""
+        files = settings.get("compose_files") or []
+        if os.path.realpath(override_path) not in [os.path.realpath(path) for path in files]:
+            return current
+        others = [path for path in files if os.path.realpath(path) != os.path.realpath(override_path)]
+        try:
+            return cli.config(files=others)
+        except compose_mod.ComposeError:
+            return current
+
     def _dequeue_command(self, cli: compose_mod.ComposeCli, settings: dict[str, Any], service: str) -> list[str]:
         """Return the dequeue command of the project's base compose file (no debugger), else the default."""
         if self.p.get("command"):
@@ -1001,14 +1247,7 @@ class WorkerRun:
         service = self.p.get("service") or spec.WORKER_SERVICE
         base_name = self.p.get("container_name") or "qfieldcloud-worker"
         replicas = self._desired_replicas(settings) if state != "absent" else 0
-        network = self.p.get("network") or settings["default_network"]
-        if not engine.network_exists(network):
-            raise WorkerError(
-                f"network: Docker network {network!r} does not exist; give the network the db and app containers"
-                " are on.",
-                option="network",
-            )
-        image = self.p.get("image") or f"{project}-{service}"
+        project_config, svc = self._service_config(settings, service)
         pattern = re.compile(rf"^{re.escape(base_name)}(?:-(\d+))?$")
         existing = []
         for summary in engine.api.containers(all=True):
@@ -1022,19 +1261,44 @@ class WorkerRun:
                     replica["attrs"] = attrs
                     existing.append(replica)
         existing.sort(key=lambda r: r["number"])
+        template = existing[0]["attrs"] if existing else None
         app_env = engine.service_env(project, "app")
         db_host = self.p.get("db_host")
         if not db_host:
             db_host = (app_env or {}).get("POSTGRES_HOST") or (settings.get("postgres") or {}).get("host") or "db"
+        db_names = engine.db_names(project, db_host)
+        network = self.p.get("network") or spec.expected_network(
+            settings["default_network"], db_names, engine.service_networks(project, "app"), db_host
+        )
+        if not engine.network_exists(network):
+            raise WorkerError(
+                f"network: Docker network {network!r} does not exist; give the network where the worker reaches the"
+                " database (the db container's).",
+                option="network",
+            )
+        # The image compose resolves for the service; without a compose project, the one the worker runs now (a
+        # prebuilt image is never swapped for a local build), else the local build's name.
+        image = self.p.get("image")
+        if not image and svc:
+            image = spec.resolved_image(svc, project, service)
+        if not image and existing and spec.is_dequeue_command(existing[0].get("command")):
+            image = existing[0].get("image")
+        image = image or f"{project}-{service}"
         self.details.update({"replicas": replicas, "network": network, "db_host": db_host, "image": image})
         image_data = engine.image(image)
         image_id = (image_data or {}).get("Id")
         if state != "absent":
-            self._check_db_host(engine, db_host, network, [], "the app's POSTGRES_HOST")
-        expected = self._expected(project, network, db_host, image, image_id)
+            self._check_db_host(engine, db_host, [network], db_names, "the app's POSTGRES_HOST")
+        expected = self._expected(project, network, db_host, image, image_id, db_names)
         want_running = state not in ("stopped", "absent")
 
-        env = self._standalone_env(settings, service, existing, app_env)
+        env = spec.standalone_env(template, svc.get("environment"), app_env)
+        if not env:
+            raise WorkerError(
+                "project_dir: no environment to give the worker (no compose project, no existing worker, no app"
+                " container); give project_dir.",
+                option="project_dir",
+            )
         env["POSTGRES_HOST"] = db_host
         self.redactor.learn_env(env)
         command = list(self.p.get("command") or compose_mod.DEFAULT_COMMAND)
@@ -1043,7 +1307,12 @@ class WorkerRun:
             if not self.p.get("command") and spec.is_dequeue_command(words) and not spec.is_debug_command(words):
                 command = words
                 break
-        volumes = self._standalone_volumes(existing)
+        compose_binds = spec.volume_binds(svc.get("volumes"), compose_mod.volume_names(project_config))
+        volumes = spec.standalone_binds(template, compose_binds)
+        carried = {k: v for k, v in (svc.get("labels") or {}).items()} if svc else {}
+        labels = spec.standalone_labels(template, carried)
+        for own in (LABEL_MANAGED, LABEL_SPEC):
+            labels.pop(own, None)
         desired = {
             "image": image,
             "image_id": image_id,
@@ -1052,6 +1321,8 @@ class WorkerRun:
             "env": env,
             "network": network,
             "volumes": volumes,
+            "labels": labels,
+            "stop_timeout": spec.standalone_stop_timeout(template, svc, DEFAULT_STOP_TIMEOUT),
             "restart": spec.RESTART_POLICY,
         }
         spec_hash = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:32]
@@ -1088,12 +1359,13 @@ class WorkerRun:
                 replica["name"], {"field": "running", "expected": False, "actual": True, "code": CODE_STOPPED_WANTED}
             )
         if want_running and (create_names or recreate) and image_data is None:
-            build = (
-                compose_mod.ComposeCli(settings["project_dir"]).build_command(service)
-                if settings.get("project_dir")
-                else f"docker build -t {image} <worker build context>"
-            )
-            self._image_missing(image, build)
+            if settings.get("project_dir") and svc:
+                provide = compose_mod.ComposeCli(settings["project_dir"]).image_command(service, svc)
+            elif "/" in image:
+                provide = f"docker pull {image}"
+            else:
+                provide = f"docker build -t {image} <worker build context>"
+            self._image_missing(image, provide)
         self.actions += [f"recreate {r['name']} (after drain)" for r in recreate if want_running]
         self.actions += [f"create {n}" for n in create_names if want_running]
         self.actions += [f"start {r['name']}" for r in start]
@@ -1130,41 +1402,16 @@ class WorkerRun:
                 if replica["number"] <= replicas:
                     engine.api.restart(replica["id"], timeout=DEFAULT_STOP_TIMEOUT)
 
-    def _standalone_env(self, settings, service, existing, app_env) -> dict[str, str]:
-        """The worker's environment: the compose service's (when project_dir is known), else the hand-started
-        container's, else the app's."""
-        if settings.get("project_dir") and settings.get("compose_files"):
-            cli = compose_mod.ComposeCli(settings["project_dir"], self.p.get("docker_host"))
-            try:
-                svc = (cli.config().get("services") or {}).get(service) or {}
-                env = {k: "" if v is None else str(v) for k, v in (svc.get("environment") or {}).items()}
-                if env:
-                    return env
-            except compose_mod.ComposeError:
-                pass
-        if existing:
-            attrs = existing[0]["attrs"]
-            env = _env_dict((attrs.get("Config") or {}).get("Env"))
-            for key in ("PATH", "HOSTNAME", "HOME"):
-                env.pop(key, None)
-            return env
-        if app_env:
-            return dict(app_env)
-        raise WorkerError(
-            "project_dir: no environment to give the worker (no compose project, no existing worker, no app"
-            " container); give project_dir.",
-            option="project_dir",
-        )
-
-    def _standalone_volumes(self, existing: list[dict[str, Any]]) -> list[str]:
-        volumes = [f"{spec.DOCKER_SOCKET}:{spec.DOCKER_SOCKET}:rw", "/tmp:/tmp:rw"]
-        for replica in existing[:1]:
-            for mount in replica["attrs"].get("Mounts") or []:
-                if mount.get("Type") != "bind" or mount.get("Destination") in (spec.DOCKER_SOCKET, "/tmp"):
-                    continue
-                mode = "rw" if mount.get("RW") else "ro"
-                volumes.append(f"{mount.get('Source')}:{mount.get('Destination')}:{mode}")
-        return volumes
+    def _service_config(self, settings: dict[str, Any], service: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return the compose project's configuration and the service's entry, or ``({}, {})`` without a project."""
+        if not (settings.get("project_dir") and settings.get("compose_files")):
+            return {}, {}
+        cli = compose_mod.ComposeCli(settings["project_dir"], self.p.get("docker_host"))
+        try:
+            config = cli.config()
+        except compose_mod.ComposeError:
+            return {}, {}
+        return config, (config.get("services") or {}).get(service) or {}
 
     def _create_standalone(self, engine: Engine, name: str, desired: dict[str, Any], spec_hash: str) -> None:
         api = engine.api
@@ -1180,9 +1427,9 @@ class WorkerRun:
             name=name,
             user="root",
             environment=desired["env"],
-            labels={LABEL_MANAGED: MANAGED_BY, LABEL_SPEC: spec_hash},
+            labels={**desired["labels"], LABEL_MANAGED: MANAGED_BY, LABEL_SPEC: spec_hash},
             host_config=host_config,
-            stop_timeout=DEFAULT_STOP_TIMEOUT,
+            stop_timeout=desired["stop_timeout"],
             networking_config=api.create_networking_config(
                 {desired["network"]: api.create_endpoint_config(aliases=[name])}
             ),

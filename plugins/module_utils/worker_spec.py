@@ -29,6 +29,7 @@ A drift item is ``{"field", "expected", "actual", "code"}``; ``code`` is a probl
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -64,25 +65,104 @@ def worker_image_name(project: str, compose_v1: bool = False) -> str:
     return f"{project}{sep}{WORKER_SERVICE}"
 
 
+def resolved_image(service_config: dict[str, Any] | None, project: str, service: str = WORKER_SERVICE) -> str:
+    """Return the image compose runs for a service: its ``image:`` when given, else the local build's name.
+
+    ``service_config`` is the service's entry of ``docker compose config --format json``. A stack that runs
+    upstream's prebuilt images (``image: opengisch/qfieldcloud-worker-wrapper:<tag>``) gets that reference; a
+    stack that builds gets ``<project>-<service>`` (compose v2's name for the built image).
+    """
+    image = str((service_config or {}).get("image") or "").strip()
+    return image or f"{project}-{service}"
+
+
+def is_prebuilt(service_config: dict[str, Any] | None) -> bool:
+    """Tell whether compose pulls the service's image rather than building it (``image:`` and no ``build:``)."""
+    config = service_config or {}
+    return bool(str(config.get("image") or "").strip()) and not config.get("build")
+
+
+def expected_network(
+    default_network: str,
+    db_names: dict[str, list[str]] | None,
+    app_networks: list[str] | None = None,
+    db_host: str | None = None,
+) -> str:
+    """Return the network the worker must be on: the one where it reaches the database.
+
+    :param default_network: the project's default network (``<project>_default``).
+    :param db_names: ``{network: [names the database container answers to on it]}``; ``None`` when the
+        database is not a container of the project (an external host): the default network then.
+    :param app_networks: the app's networks; when the database is not on the default network, a network it
+        shares with the app is chosen.
+    :param db_host: the ``POSTGRES_HOST`` in use; networks where it resolves are preferred.
+
+    ``QFIELDCLOUD_DEFAULT_NETWORK`` (the QGIS job containers' network) plays no part here.
+    """
+    if not db_names:
+        return default_network
+    candidates = sorted(db_names)
+    if db_host:
+        resolving = [net for net in candidates if db_host in (db_names.get(net) or [])]
+        candidates = resolving or candidates
+    if default_network in candidates:
+        return default_network
+    shared = [net for net in candidates if net in (app_networks or [])]
+    return (shared or candidates)[0]
+
+
+def names_on(db_names: dict[str, list[str]] | None, networks: list[str] | None) -> list[str]:
+    """Return the database's names resolvable on ``networks`` (sorted, without duplicates)."""
+    found: set[str] = set()
+    for net in networks or []:
+        found.update((db_names or {}).get(net) or [])
+    return sorted(found)
+
+
+def container_dns_names(inspect: dict[str, Any]) -> dict[str, list[str]]:
+    """Return ``{network: [names]}`` under which a container resolves on each of its networks.
+
+    From inspect data: the container name, its compose service (compose adds it as an alias), and the
+    endpoint's ``Aliases`` and ``DNSNames`` (Docker 25+).
+    """
+    name = str(inspect.get("Name") or "").lstrip("/")
+    labels = (inspect.get("Config") or {}).get("Labels") or {}
+    service = labels.get("com.docker.compose.service")
+    result: dict[str, list[str]] = {}
+    for net, endpoint in ((inspect.get("NetworkSettings") or {}).get("Networks") or {}).items():
+        names = {item for item in [name, service] if item}
+        names.update((endpoint or {}).get("Aliases") or [])
+        names.update((endpoint or {}).get("DNSNames") or [])
+        result[net] = sorted(names)
+    return result
+
+
 def expected_worker(
     project: str,
     network: str | None = None,
     db_host: str | None = None,
     image: str | None = None,
     image_id: str | None = None,
+    db_names: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
     """Return the expected worker configuration for a compose project.
 
     :param project: compose project name (``qfieldcloud``).
-    :param network: the project network; ``None`` means ``<project>_default``.
+    :param network: the network where the worker reaches the database (see :func:`expected_network`);
+        ``None`` means ``<project>_default``. Never ``QFIELDCLOUD_DEFAULT_NETWORK`` unless it is that network.
     :param db_host: the ``POSTGRES_HOST`` the worker must use; ``None`` skips that check.
-    :param image: the worker image reference; ``None`` means ``<project>-worker_wrapper``.
-    :param image_id: id of the currently built worker image; when given, a replica running an
+    :param image: the worker image reference (see :func:`resolved_image`); ``None`` means
+        ``<project>-worker_wrapper``.
+    :param image_id: id of the current worker image; when given, a replica running an
         older build is reported as ``worker_image_outdated``.
+    :param db_names: ``{network: [names]}`` of the database container (see :func:`container_dns_names`), or
+        ``None`` when the database is external or unknown. When given, a replica is judged by whether its
+        ``POSTGRES_HOST`` resolves on one of its own networks.
     """
     return {
         "network": network or f"{project}_default",
         "db_host": db_host,
+        "db_names": db_names,
         "image": image or worker_image_name(project),
         "image_id": image_id,
         "restart_policy": RESTART_POLICY,
@@ -179,8 +259,14 @@ def worker_drift(replica: dict[str, Any], expected: dict[str, Any]) -> list[dict
 
     network = expected.get("network")
     networks = list(replica.get("networks") or [])
-    if network and network not in networks:
+    db_names = expected.get("db_names")
+    host = replica.get("postgres_host")
+    reachable = names_on(db_names, networks)
+    if network and network not in networks and not (db_names and host and host in reachable):
         drift.append(_item("networks", [network], sorted(networks), CODE_NETWORK))
+    elif db_names and host and host in names_on(db_names, list(db_names)) and host not in reachable:
+        # The name is the database's, but on none of the worker's own networks: it does not resolve there.
+        drift.append(_item("postgres_host", reachable or [f"a name of the database on {network}"], host, CODE_DB_HOST))
 
     ports = list(replica.get("published_ports") or [])
     if ports:
@@ -198,7 +284,8 @@ def worker_drift(replica: dict[str, Any], expected: dict[str, Any]) -> list[dict
         )
 
     db_host = expected.get("db_host")
-    if db_host and replica.get("postgres_host") != db_host:
+    reported = any(item["field"] == "postgres_host" for item in drift)
+    if db_host and replica.get("postgres_host") != db_host and not reported:
         drift.append(_item("postgres_host", db_host, replica.get("postgres_host"), CODE_DB_HOST))
 
     policy = expected.get("restart_policy") or RESTART_POLICY
@@ -237,3 +324,199 @@ def replica_count_drift(running: int, expected: int) -> list[dict[str, Any]]:
     else:
         code = CODE_REPLICAS_LOW
     return [_item("replicas", expected, running, code)]
+
+
+# --------------------------------------------------------------------------------------------
+# What a worker started outside compose lacks, and what its recreation must keep
+# --------------------------------------------------------------------------------------------
+
+TMP_TARGET = "/tmp"
+# The environment a worker needs when compose's is unknown (a hand-started worker without any of it fails jobs).
+ESSENTIAL_ENV = (
+    "ENVIRONMENT",
+    "QFIELDCLOUD_DEFAULT_NETWORK",
+    "QFIELDCLOUD_WORKER_QFIELDCLOUD_URL",
+    "SECRET_KEY",
+    "STORAGES",
+)
+# Labels that belong to compose's own bookkeeping: a container created outside compose must not carry them.
+COMPOSE_LABEL_PREFIX = "com.docker.compose."
+
+
+def replica_mounts(inspect: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return a container's mounts as ``{type, source, target, rw}`` (``source`` is a volume's name)."""
+    mounts = []
+    for mount in inspect.get("Mounts") or []:
+        kind = mount.get("Type") or "bind"
+        source = mount.get("Name") if kind == "volume" else mount.get("Source")
+        target = mount.get("Destination") or ""
+        mounts.append({"type": kind, "source": source or "", "target": target, "rw": bool(mount.get("RW"))})
+    return mounts
+
+
+def env_keys(inspect: dict[str, Any]) -> list[str]:
+    """Return the names of a container's environment variables (never their values)."""
+    keys = {str(item).partition("=")[0] for item in (inspect.get("Config") or {}).get("Env") or []}
+    return sorted(key for key in keys if key)
+
+
+def _volume_target(volume: dict[str, Any]) -> str:
+    return str(volume.get("target") or "").rstrip("/") or "/"
+
+
+def hand_started_gaps(
+    replica: dict[str, Any], compose_worker_env_keys: set[str] | None, compose_volumes: list[dict[str, Any]] | None
+) -> list[str]:
+    """Return what a worker started by hand lacks of what compose gives the worker service.
+
+    :param replica: a replica dict with ``mounts`` (see :func:`replica_mounts`) and ``env_keys`` (see
+        :func:`env_keys`).
+    :param compose_worker_env_keys: the environment names of the compose worker service (``docker compose
+        config``); empty or ``None``: :data:`ESSENTIAL_ENV` is used instead.
+    :param compose_volumes: the compose service's ``volumes`` (``{type, source, target, read_only}`` as
+        ``docker compose config --format json`` prints them); empty or ``None``: only the ``/tmp`` hand-off is
+        required.
+
+    Each gap is ``bind:<target>``, ``volume:<target>`` or ``env:<NAME>``, mounts first in compose's order, then
+    the variables sorted. The ``/tmp`` bind is always required: the worker hands ``/tmp/tmpXXXX`` to the Docker
+    daemon as a host path, so without it every job it claims fails (``NO_FEEDBACK``). The Docker socket is
+    judged by :func:`worker_drift`, not here. An empty list: nothing compose gives is missing.
+    """
+    mounts = {str(m.get("target") or "").rstrip("/") or "/": m for m in replica.get("mounts") or []}
+    volumes = [v for v in compose_volumes or [] if _volume_target(v) != DOCKER_SOCKET]
+    if not any(_volume_target(v) == TMP_TARGET for v in volumes):
+        volumes.insert(0, {"type": "bind", "source": TMP_TARGET, "target": TMP_TARGET})
+    gaps = []
+    for volume in volumes:
+        target = _volume_target(volume)
+        kind = "volume" if volume.get("type") == "volume" else "bind"
+        have = mounts.get(target)
+        wrong_tmp = (
+            target == TMP_TARGET
+            and bool(have)
+            and (have.get("type"), have.get("source"))
+            != (
+                "bind",
+                volume.get("source"),
+            )
+        )
+        if have is None or wrong_tmp:
+            gaps.append(f"{kind}:{target}")
+    wanted = set(compose_worker_env_keys or ()) or set(ESSENTIAL_ENV)
+    have_env = set(replica.get("env_keys") or [])
+    gaps += [f"env:{key}" for key in sorted(wanted - have_env)]
+    return gaps
+
+
+def volume_binds(compose_volumes: list[dict[str, Any]] | None, volume_names: dict[str, str] | None = None) -> list[str]:
+    """Return a compose service's ``volumes`` as Docker ``binds`` (``source:target:mode``).
+
+    Named volumes get their Docker name from ``volume_names`` (the top-level ``volumes`` of ``docker compose
+    config``: key -> ``name``, ``<project>_<key>`` by default); read-only mounts keep ``ro``. tmpfs and other
+    kinds have no bind form and are left out.
+    """
+    binds = []
+    for volume in compose_volumes or []:
+        kind = volume.get("type") or "volume"
+        if kind not in ("bind", "volume") or not volume.get("source") or not volume.get("target"):
+            continue
+        source = str(volume["source"])
+        if kind == "volume":
+            source = (volume_names or {}).get(source) or source
+        mode = "ro" if volume.get("read_only") else "rw"
+        binds.append(f"{source}:{volume['target']}:{mode}")
+    return binds
+
+
+def standalone_binds(existing: dict[str, Any] | None, compose_binds: list[str] | None = None) -> list[str]:
+    """Return the binds of a worker recreated outside compose: everything it had, and what compose gives.
+
+    ``existing`` is the inspect data of the container being replaced (``None`` for a new one). Its bind mounts
+    and named volumes are kept with their mode (the custom CA volume stays read-only); ``compose_binds`` (see
+    :func:`volume_binds`) adds what the container lacks; the Docker socket (read-write) and the ``/tmp`` hand-off
+    are always there. One bind per target, in a stable order.
+    """
+    by_target: dict[str, str] = {
+        DOCKER_SOCKET: f"{DOCKER_SOCKET}:{DOCKER_SOCKET}:rw",
+        TMP_TARGET: f"{TMP_TARGET}:{TMP_TARGET}:rw",
+    }
+    for mount in replica_mounts(existing or {}):
+        if mount["type"] not in ("bind", "volume") or not mount["source"] or mount["target"] == DOCKER_SOCKET:
+            continue
+        by_target[mount["target"]] = f"{mount['source']}:{mount['target']}:{'rw' if mount['rw'] else 'ro'}"
+    for bind in compose_binds or []:
+        parts = bind.split(":")
+        target = parts[1] if len(parts) > 1 else parts[0]
+        if target != DOCKER_SOCKET:
+            by_target.setdefault(target, bind)
+    head = [by_target.pop(DOCKER_SOCKET), by_target.pop(TMP_TARGET)]
+    return head + [by_target[target] for target in sorted(by_target)]
+
+
+def standalone_env(
+    existing: dict[str, Any] | None, compose_env: dict[str, Any] | None = None, app_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Return the environment of a worker recreated outside compose.
+
+    Compose's service environment when known (what compose gives the worker), with whatever else the replaced
+    container had on top of it kept; else the replaced container's; else the app's. The image's own variables
+    (``PATH``, ``HOSTNAME``, ``HOME``) are left to the image.
+    """
+    had: dict[str, str] = {}
+    for item in ((existing or {}).get("Config") or {}).get("Env") or []:
+        key, sep, value = str(item).partition("=")
+        if sep and key not in ("PATH", "HOSTNAME", "HOME"):
+            had[key] = value
+    if compose_env:
+        env = {key: value for key, value in had.items()}
+        env.update({key: "" if value is None else str(value) for key, value in compose_env.items()})
+        return env
+    if had:
+        return had
+    return dict(app_env or {})
+
+
+def standalone_labels(
+    existing: dict[str, Any] | None, compose_labels: dict[str, Any] | None = None, own: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Return the labels of a worker recreated outside compose.
+
+    The replaced container's labels and compose's service labels (``ofelia.enabled: "false"``) are kept, without
+    compose's bookkeeping labels (``com.docker.compose.*``: a container with a container number would pass for a
+    compose replica); ``own`` (this module's labels) wins.
+    """
+    labels: dict[str, str] = {}
+    had = ((existing or {}).get("Config") or {}).get("Labels") or {}
+    for source in (had, compose_labels or {}):
+        for key, value in source.items():
+            if not str(key).startswith(COMPOSE_LABEL_PREFIX):
+                labels[str(key)] = "" if value is None else str(value)
+    labels.update(own or {})
+    return labels
+
+
+def duration_seconds(value: Any) -> int | None:
+    """Return a compose duration (``15m``, ``1m30s``, ``900s``, ``1h``, a number of seconds) in seconds."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return int(value)
+    total = 0.0
+    matched = False
+    for number, unit in re.findall(r"([0-9]+(?:\.[0-9]+)?)\s*(h|ms|m|s|us|ns)?", str(value)):
+        matched = True
+        factor = {"h": 3600, "m": 60, "s": 1, "ms": 0.001, "us": 1e-6, "ns": 1e-9}.get(unit or "s", 1)
+        total += float(number) * factor
+    return int(total) if matched else None
+
+
+def standalone_stop_timeout(
+    existing: dict[str, Any] | None, compose_service: dict[str, Any] | None = None, default: int = 900
+) -> int:
+    """Return the stop timeout of a recreated worker: compose's ``stop_grace_period``, else the replaced
+    container's ``StopTimeout``, else ``default`` (upstream's 15 minutes)."""
+    grace = duration_seconds((compose_service or {}).get("stop_grace_period"))
+    if grace is not None:
+        return grace
+    had = ((existing or {}).get("Config") or {}).get("StopTimeout")
+    return int(had) if had else default

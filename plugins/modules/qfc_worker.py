@@ -14,10 +14,18 @@ description:
   - Makes the QFieldCloud job processor (the C(worker_wrapper) service) run as it must for sync to work,
     and keeps it so.
   - "Enforced per replica: running as root (hardening such as C(cap_drop), C(no-new-privileges) or C(read_only)
-    that keeps the socket usable is not drift), attached to the project network, no published ports, the
-    C(manage.py dequeue) command without a debugger, C(POSTGRES_HOST) reaching the app's database,
-    C(/var/run/docker.sock) mounted read-write, C(restart: unless-stopped), the built worker image, running;
-    plus the wanted number of replicas."
+    that keeps the socket usable is not drift), on the network where it reaches the database (see O(network); a
+    worker on extra networks is fine), no published ports, the C(manage.py dequeue) command without a debugger,
+    C(POSTGRES_HOST) reaching the app's database from the worker's own networks, C(/var/run/docker.sock) mounted
+    read-write, C(restart: unless-stopped), the worker image compose resolves for the service, running; plus the
+    wanted number of replicas."
+  - "C(QFIELDCLOUD_DEFAULT_NETWORK) is the QGIS job containers' network: it is never put on the worker. When it
+    names a network that does not exist, the module reports it (RV(drift) code C(qgis_network_missing), with the
+    remedy) and a warning; it never creates it."
+  - "Images: the worker runs what compose resolves for the service, the C(image:) of the compose files when they
+    give one (upstream's prebuilt C(opengisch/qfieldcloud-worker-wrapper:<tag>)), else the local build
+    C(<project>-worker_wrapper). The override never names an image or a build, and C(docker compose up) runs with
+    C(--no-build --pull never): a repair never swaps a prebuilt image for a local build or the reverse."
   - "Compose mode: the module owns one override file in the project directory
     (C(docker-compose.override.fibreflow-worker.yml) by default) whose first lines say it is managed by this
     collection. It sets the settings above with the C(!override) and C(!reset) tags of compose (C(ports: !reset [])
@@ -29,7 +37,10 @@ description:
     container directly and never uses C(--dry-run). A person's later C(docker compose up -d) changes nothing."
   - "Standalone mode: manages workers started by hand (C(docker run --name qfieldcloud-worker ...)) through the
     Docker API with the same rules: replica 1 is named O(container_name), further replicas
-    O(container_name)-2, -3 and so on."
+    O(container_name)-2, -3 and so on. A recreated container keeps everything the one it replaces had and adds
+    what the compose service gives (when O(project_dir) holds one): bind mounts and named volumes with their mode
+    (the custom CA volume stays read-only), the C(/tmp) hand-off, the environment, the labels (without compose's
+    own bookkeeping labels), the stop timeout (C(stop_grace_period)); the restart policy is C(unless-stopped)."
   - "No job is lost: before stopping, recreating or removing a replica the module waits, at most O(drain_timeout)
     seconds, until that replica has no job C(queued) or C(started). The job a replica may be running is the one of
     the last C(Dequeued job <id>, run!) line of its current process's log; the replica is busy while that job is
@@ -45,8 +56,10 @@ description:
   - In check mode no file of the project directory is written and no container is created, started, stopped or
     removed (only the lock file under C(/run/lock) may be created), yet C(changed), C(drift), C(actions) and
     C(diff) say exactly what a real run would do.
-  - A missing worker image fails the task with the problem code C(worker_image_missing) and the exact build
-    command (in check mode it is reported only). Building is the job of the C(fibreflow.qfieldcloud.worker) role.
+  - A missing worker image fails the task with the problem code C(worker_image_missing) and the exact command that
+    provides it, C(docker compose pull SERVICE) for a prebuilt image, C(docker compose build SERVICE) for a local
+    build (in check mode it is reported only). The module never pulls or builds; building is the job of the
+    C(fibreflow.qfieldcloud.worker) role.
 author:
   - FibreFlow operations (@fibreflow)
 requirements:
@@ -107,13 +120,20 @@ options:
     description:
       - The C(POSTGRES_HOST) the worker must use.
       - Defaults to C(POSTGRES_HOST) of the app container (the host the app itself uses), else of C(.env), else
-        C(db). The module fails naming this option when the host is neither a service or container on the
-        project network nor a name the Docker host resolves.
+        C(db). The module fails naming this option when the worker could not resolve the host from its own
+        networks. A name of the database container (its service name, container name or an alias) counts only on
+        the networks where the container answers to it; any other host must be an address or a name the Docker
+        host resolves (an external database).
     type: str
   network:
     description:
-      - The network the worker must be on (the one C(db) and C(app) are on).
-      - Defaults to C(QFIELDCLOUD_DEFAULT_NETWORK) of C(.env), else C(<project>_default).
+      - The network the worker must be on: where it reaches the database. Given, it wins.
+      - Defaults to the project's default network C(<project>_default) when the database service's container (the
+        compose service O(db_host) names) is on it, or when the database is external; otherwise a network the
+        database container and the app share (one where O(db_host) resolves).
+      - Never defaults to C(QFIELDCLOUD_DEFAULT_NETWORK), the QGIS job containers' network.
+      - In compose mode the override adds this network to those the project's files give the worker and keeps
+        the others.
     type: str
   override_file:
     description: Name of the override file the module owns inside O(project_dir).
@@ -128,7 +148,9 @@ options:
     elements: str
   image:
     description:
-      - The worker image. Defaults to the image compose builds for the service (C(<project>-worker_wrapper)).
+      - The worker image. Defaults to what compose resolves for the service (its C(image:), else the local build
+        C(<project>-worker_wrapper)); in standalone mode without a compose project, to the image the existing
+        worker runs.
     type: str
   container_name:
     description:
@@ -138,8 +160,12 @@ options:
     default: qfieldcloud-worker
   remove_hand_started:
     description:
-      - In compose mode, remove (after draining) workers started by hand beside the compose service. They are
-        reported in RV(hand_started) and a warning either way.
+      - In compose mode, retire workers started by hand beside the compose service (the field guide's
+        C(docker run --name qfieldcloud-worker ...)). Each is drained first like any replica (the module waits
+        until it holds no job), then stopped and removed. In check mode this is only reported.
+      - They are reported in RV(hand_started), with what each lacks of what compose gives the worker in
+        RV(hand_started_gaps), and in a warning when they are kept. The C(fibreflow.qfieldcloud.worker) role
+        sets this to true.
     type: bool
     default: false
   orphaned_jobs:
@@ -229,7 +255,10 @@ drift:
       catalogue shared with M(fibreflow.qfieldcloud.qfc_sync_facts) (for example C(worker_socket_denied),
       C(worker_port_published), C(worker_replicas_low)); C(worker_config_not_persistent) means the override file or
       C(COMPOSE_FILE) does not yet hold the configuration.
-    - C(replica) is the container name, or null for project-wide items (replica count, override file, image).
+    - C(replica) is the container name, or null for project-wide items (replica count, override file, image, the
+      QGIS job network).
+    - Items of code C(qgis_network_missing) also carry C(remedy); items of code C(worker_hand_started) carry
+      C(gaps) (see RV(hand_started_gaps)).
   returned: always
   type: list
   elements: dict
@@ -293,10 +322,30 @@ image_missing:
   returned: when the image is missing
   type: bool
 build_command:
-  description: The command that builds the missing worker image.
-  returned: when the image is missing
+  description: The command that builds the missing worker image (a locally built image).
+  returned: when a locally built image is missing
   type: str
   sample: cd /opt/qfieldcloud && docker compose build worker_wrapper
+pull_command:
+  description: The command that fetches the missing worker image (a prebuilt image, C(image:) without C(build:)).
+  returned: when a prebuilt image is missing
+  type: str
+  sample: cd /opt/qfieldcloud && docker compose pull worker_wrapper
+image_command:
+  description: The command that provides the missing worker image (the pull or build command above).
+  returned: when the image is missing
+  type: str
+hand_started_gaps:
+  description: Per hand-started worker, what it lacks of what compose gives the worker service, as
+    C(bind:<target>), C(volume:<target>) and C(env:<NAME>) (names only, never values). A missing C(bind:/tmp)
+    makes every job it claims fail.
+  returned: when hand-started workers were found (compose mode)
+  type: dict
+  sample: {qfieldcloud-worker: ["bind:/tmp", "volume:/transformation_grids", "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL"]}
+qgis_network_missing:
+  description: The QGIS job network (C(QFIELDCLOUD_DEFAULT_NETWORK)) that does not exist, and the remedy.
+  returned: when that network is missing
+  type: dict
 code:
   description: The problem code of a failure (C(worker_image_missing), C(drain_timeout)).
   returned: on some failures

@@ -274,7 +274,13 @@ def test_replicas_one_three_one(fresh):
 
     assert worker(stack, replicas=3)["changed"] is True
     assert len(running_workers(stack)) == 3
-    jobs = [stack.create_job() for _number in range(3)]
+    # Package jobs of one project never run in parallel (upstream answers 200 with the job in flight): one per project.
+    projects = [
+        None,
+        stack.add_project(f"replicas-{uuid.uuid4().hex[:6]}"),
+        stack.add_project(f"replicas-{uuid.uuid4().hex[:6]}"),
+    ]
+    jobs = [stack.create_job(project=project) for project in projects]
     assert [stack.wait_job(job, timeout=60) for job in jobs] == ["finished"] * 3
     assert_converged(stack, replicas=3)
 

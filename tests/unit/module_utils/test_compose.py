@@ -81,6 +81,62 @@ def test_network_key_for_project_default_and_named():
     assert compose.network_key_for(config, "elsewhere") is None
 
 
+def test_override_keeps_the_workers_other_networks_and_names_no_image():
+    text = compose.render_override(
+        "w", ["dequeue"], "db", 1, network_key="default", keep_network_keys=["jobs", "default"]
+    )
+    svc = load(text)["services"]["w"]
+    assert svc["networks"] == {"tag": "!override", "value": {"default": None, "jobs": None}}
+    # A repair never swaps a prebuilt image for a local build: the override names neither.
+    assert "image" not in svc and "build" not in svc
+
+
+CONFIG = {
+    "name": "qfc",
+    "services": {
+        "app": {"networks": {"default": None, "backend": None}},
+        "db": {"networks": {"backend": {"aliases": ["postgres"]}}},
+        "pg": {"container_name": "qfc-postgis", "network_mode": "host"},
+        "worker_wrapper": {},
+    },
+    "networks": {"default": {"name": "qfc_default"}, "backend": {"name": "qfc_backend"}},
+    "volumes": {"transformation_grids": {"name": "qfc_transformation_grids"}, "custom_ca": {}},
+}
+
+
+def test_service_networks_and_dns_names():
+    assert compose.service_networks(CONFIG, "worker_wrapper") == {"default": {}}
+    assert compose.service_networks(CONFIG, "pg") == {}
+    assert compose.service_dns_names(CONFIG, "db") == {"qfc_backend": ["db", "postgres", "qfc-db-1"]}
+    assert compose.service_dns_names(CONFIG, "app") == {
+        "qfc_default": ["app", "qfc-app-1"],
+        "qfc_backend": ["app", "qfc-app-1"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("host", "service"),
+    [("db", "db"), ("postgres", "db"), ("qfc-db-1", "db"), ("qfc_db_2", "db"), ("pg.example.org", None), (None, None)],
+)
+def test_service_for_host(host, service):
+    assert compose.service_for_host(CONFIG, host) == service
+
+
+def test_volume_names():
+    assert compose.volume_names(CONFIG) == {
+        "transformation_grids": "qfc_transformation_grids",
+        "custom_ca": "qfc_custom_ca",
+    }
+
+
+def test_image_command_pulls_a_prebuilt_image_and_builds_a_local_one():
+    cli = compose.ComposeCli("/opt/qfieldcloud")
+    prebuilt = {"image": "opengisch/qfieldcloud-worker-wrapper:v26.25"}
+    assert cli.image_command("worker_wrapper", prebuilt) == "cd /opt/qfieldcloud && docker compose pull worker_wrapper"
+    built = {"image": None, "build": {"context": "./docker-app"}}
+    assert cli.image_command("worker_wrapper", built) == "cd /opt/qfieldcloud && docker compose build worker_wrapper"
+
+
 # ---------------------------------------------------------------------------------------------
 # .env editing
 # ---------------------------------------------------------------------------------------------

@@ -235,7 +235,8 @@ def test_hand_started_beside_and_instead(facts):
 
 def test_hand_started_worker_that_breaks_jobs_is_critical(facts):
     hand = dict(copy.deepcopy(REPLICA), name="qfieldcloud-worker", compose=False, drift=[])
-    hand["gaps"] = ["bind mount /tmp:/tmp (TMP_DIRECTORY)", "named volume transformation_grids"]
+    hand["gaps"] = ["bind:/tmp", "volume:/transformation_grids"]
+    hand["breaks_jobs"] = True
     facts["worker"]["hand_started"] = [hand]
     problems = pb.detect_problems(facts)
     assert [(p["code"], p["severity"], p["blocks"]) for p in problems] == [("worker_hand_started", "critical", "sync")]

@@ -288,6 +288,4 @@ def test_replica_facts_keep_mount_and_env_names_not_values():
     facts = stack.replica_facts(doc)
     assert facts["env_keys"] == ["ENVIRONMENT", "POSTGRES_PASSWORD"]
     assert "secret" not in repr(facts)
-    assert facts["mounts"] == [
-        {"type": "volume", "name": "qfc_grids", "source": "/var/lib/x", "destination": "/grids", "rw": True}
-    ]
+    assert facts["mounts"] == [{"type": "volume", "source": "qfc_grids", "target": "/grids", "rw": True}]

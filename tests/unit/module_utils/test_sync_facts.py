@@ -53,3 +53,31 @@ def test_gather_with_unreachable_daemon_is_a_finding(tmp_path):
     assert result["sync_ready"] is False
     assert [p["code"] for p in result["problems"]] == ["docker_unreachable"]
     assert result["facts"]["daemon"]["reachable"] is False
+
+
+def test_database_service_is_the_one_postgres_host_resolves_to():
+    names = {
+        "app": {"p_default": ["app", "p-app-1"]},
+        "postgres": {"p_default": ["p-postgres-1", "postgres", "db-alias"]},
+    }
+    assert sync_facts.database_service(names, "db-alias") == "postgres"
+    assert sync_facts.database_service(names, "db.example.org") is None
+    assert sync_facts.database_service(names, None) is None
+
+
+def test_a_hand_started_worker_breaks_jobs_without_the_tmp_hand_off():
+    assert sync_facts.breaks_jobs(["bind:/tmp", "env:EMAIL_HOST_PASSWORD"])
+    assert sync_facts.breaks_jobs(["volume:/transformation_grids"])
+    assert not sync_facts.breaks_jobs(["env:EMAIL_HOST_PASSWORD"])
+    assert not sync_facts.breaks_jobs([])
+
+
+def test_healthy_now_needs_a_dequeue_loop_without_fault_signs():
+    base = {"running": True, "log": {"dequeuing": True, "host_unresolved": 0}}
+    assert sync_facts.healthy_now(base)
+    assert not sync_facts.healthy_now(dict(base, running=False))
+    assert not sync_facts.healthy_now(dict(base, log={"dequeuing": True, "relation_missing": 3}))
+    assert not sync_facts.healthy_now(dict(base, log={"dequeuing": False}))
+    # no log read: running and not dying in the window
+    assert sync_facts.healthy_now({"running": True, "log": {"error": "no log driver"}, "recent_deaths": 0})
+    assert not sync_facts.healthy_now({"running": True, "log": {"error": "no log driver"}, "recent_deaths": 5})

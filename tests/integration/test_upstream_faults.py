@@ -1,0 +1,110 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""qfc_sync_facts on stacks shaped like real upstream servers: healthy variants and faults upstream really has.
+
+A healthy variant must give ``sync_ready: true`` and no error or critical problem; a job must still finish on it.
+The faults must be named with their own code, and must block exactly what they block (sync or the devices).
+Each test has its own stack: the variants are applied one after the other to one private stack (each leaves it
+healthy), the breaking faults get theirs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from ansible_run import run_module
+from standin import Stack
+
+pytestmark = pytest.mark.integration
+
+MODULE = "fibreflow.qfieldcloud.qfc_sync_facts"
+HEALTHY_VARIANTS = (
+    "app-recreated",
+    "worker-restarted-often",
+    "prebuilt-images",
+    "qgis-network-external",
+    "minimal-env",
+)
+
+
+def facts_of(stack: Stack, **args) -> dict:
+    result = run_module(MODULE, {"project_dir": str(stack.dir), **args})
+    assert not result.get("failed"), result.get("msg")
+    assert "Traceback" not in result["_stdout"]
+    for secret in stack.secrets():
+        assert secret not in result["_stdout"]
+    return result
+
+
+def serious(result: dict) -> list[tuple[str, str]]:
+    return [(p["code"], p["severity"]) for p in result["problems"] if p["severity"] in ("critical", "error")]
+
+
+def by_code(result: dict) -> dict[str, dict]:
+    return {p["code"]: p for p in result["problems"]}
+
+
+def test_healthy_variants_of_real_servers_raise_no_alarm(stack_factory):
+    stack = stack_factory()
+    for fault in HEALTHY_VARIANTS:
+        stack.break_(fault)
+        result = facts_of(stack)
+        assert serious(result) == [], (fault, result["problems"])
+        assert result["sync_ready"] is True, fault
+        job = stack.create_job("package")
+        assert stack.wait_job(job, 120) == "finished", fault
+        qfc = result["ansible_facts"]["qfc_sync"]
+        if fault == "worker-restarted-often":
+            rep = qfc["worker"]["replicas"][0]
+            assert rep["restart_count"] >= 5  # a lifetime count that says nothing about now
+            assert rep["healthy_now"] is True
+        if fault == "prebuilt-images":
+            assert qfc["images"]["worker"]["name"].startswith("opengisch/qfieldcloud-worker-wrapper")
+            assert qfc["images"]["worker"]["present"] is True
+        if fault == "qgis-network-external":
+            assert qfc["project"]["job_network_source"] == "QFIELDCLOUD_DEFAULT_NETWORK"
+            assert qfc["job_network"]["exists"] is True
+            # the worker stays on the network where its database is
+            assert qfc["worker"]["replicas"][0]["networks"] == [f"{stack.name}_default"]
+    # After all of them, the crons still run (ofelia addresses the recreated app by name).
+    assert facts_of(stack)["ansible_facts"]["qfc_sync"]["cron"]["last_run_age_s"] is not None
+
+
+def test_dead_cron_is_reported_but_does_not_block_sync(stack_factory):
+    stack = stack_factory()
+    stack.break_("cron-dead")
+    result = facts_of(stack)
+    problem = by_code(result)["cron_not_running"]
+    assert (problem["severity"], problem["blocks"]) == ("error", "none")
+    assert problem["evidence"]["last_run_age_s"] >= 590
+    assert result["sync_ready"] is True
+    # then the empty timeout of an .env kept from before v26.24: app and worker crash at start
+    stack.break_("timeout-env-empty")
+    result = facts_of(stack)
+    problem = by_code(result)["worker_timeout_empty"]
+    assert problem["blocks"] == "sync" and ".env" in problem["evidence"]["empty_in"]
+    assert result["sync_ready"] is False
+
+
+def test_two_instances_with_one_environment_are_named_on_both(stack_factory):
+    stack = stack_factory()
+    twin = Stack(f"{stack.name}-twin")
+    try:
+        stack.break_("shared-environment-label")
+        for one, other in ((stack, twin), (twin, stack)):
+            result = facts_of(one)
+            problem = by_code(result)["shared_environment_label"]
+            assert problem["evidence"]["other_projects"] == [other.name]
+            assert problem["evidence"]["job_label"] == f"app={stack.env['ENVIRONMENT']}_worker"
+            assert result["sync_ready"] is False
+    finally:
+        twin.down()
+
+
+def test_the_guides_hand_started_worker_is_judged_by_what_it_lacks(stack_factory):
+    stack = stack_factory()
+    stack.break_("guide-hand-started")
+    result = facts_of(stack)
+    problem = by_code(result)["worker_hand_started"]
+    assert (problem["severity"], problem["blocks"]) == ("critical", "sync")
+    [lacks] = problem["evidence"]["lacks"].values()
+    assert any("/tmp" in gap for gap in lacks), lacks
+    assert result["sync_ready"] is False
