@@ -7,6 +7,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import yaml
@@ -37,6 +38,10 @@ def read_env(path: Path) -> dict:
             key, _sep, value = line.partition("=")
             env[key.strip()] = value.strip().strip("'\"")
     return env
+
+
+def _sql(value: str | None) -> str:
+    return "NULL" if value is None else "'" + value.replace("'", "''") + "'"
 
 
 def _json_or_text(raw: bytes):
@@ -130,11 +135,22 @@ class Stack:
         return [line.split("|") for line in res.stdout.splitlines() if line]
 
     # -- API -------------------------------------------------------------------
-    def http(self, method: str, path: str, data: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+    def http(
+        self,
+        method: str,
+        path: str,
+        data: dict | None = None,
+        token: str | None = None,
+        user_agent: str | None = None,
+    ) -> tuple[int, dict]:
         v = self.vars
-        headers = {"Host": v["qfieldcloud_host_header"], "Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json"}
+        if v.get("qfieldcloud_host_header"):  # absent when the stack has no QFIELDCLOUD_HOST (minimal-env)
+            headers["Host"] = v["qfieldcloud_host_header"]
         if token:
             headers["Authorization"] = f"Token {token}"
+        if user_agent:
+            headers["User-Agent"] = user_agent
         req = urllib.request.Request(
             v["qfieldcloud_app_url"] + path,
             method=method,
@@ -147,23 +163,73 @@ class Stack:
         except urllib.error.HTTPError as exc:
             return exc.code, _json_or_text(exc.read())
 
-    def token(self) -> str:
+    def token(self, user_agent: str | None = None) -> str:
         v = self.vars
         code, body = self.http(
             "POST",
             "/api/v1/auth/login/",
             {"username": v["qfieldcloud_probe_username"], "password": v["qfieldcloud_probe_password"]},
+            user_agent=user_agent,
         )
         assert code == 200, body
         return body["token"]
 
-    def create_job(self, job_type: str = "package", seconds: float | None = None) -> str:
-        payload = {"project_id": self.vars["qfieldcloud_probe_project"], "type": job_type}
+    def post_job(
+        self,
+        job_type: str = "package",
+        seconds: float | None = None,
+        project: str | None = None,
+        no_feedback: bool = False,
+        token: str | None = None,
+    ) -> tuple[int, dict]:
+        """POST /api/v1/jobs/ as the probe account: (HTTP status, body). 200 means a job already in flight."""
+        payload: dict = {"project_id": project or self.vars["qfieldcloud_probe_project"], "type": job_type}
         if seconds is not None:
             payload["standin_seconds"] = seconds
-        code, body = self.http("POST", "/api/v1/jobs/", payload, token=self.token())
+        if no_feedback:
+            payload["standin_no_feedback"] = True
+        return self.http("POST", "/api/v1/jobs/", payload, token=token or self.token())
+
+    def create_job(
+        self, job_type: str = "package", seconds: float | None = None, project: str | None = None, **kw
+    ) -> str:
+        """Create a new job (HTTP 201) and return its id."""
+        code, body = self.post_job(job_type, seconds, project, **kw)
         assert code == 201, body
         return body["id"]
+
+    def push_deltas(self, count: int = 1, seconds: float | None = None, project: str | None = None) -> dict:
+        """Upload a deltafile of `count` deltas as QField does; returns {"deltafile_id", "job_id", "deltas"}."""
+        project = project or self.vars["qfieldcloud_probe_project"]
+        deltas = [str(uuid.uuid4()) for _ in range(count)]
+        deltafile = {"id": str(uuid.uuid4()), "deltas": [{"uuid": d, "method": "create"} for d in deltas]}
+        payload: dict = {"file": json.dumps(deltafile)}
+        if seconds is not None:
+            payload["standin_seconds"] = seconds
+        code, body = self.http("POST", f"/api/v1/deltas/{project}/", payload, token=self.token())
+        assert code == 200, body
+        return {**body, "deltas": deltas}
+
+    def add_project(self, name: str, qgis_version: str | None = None) -> str:
+        """A project of the probe account made in the database (the stand-in has no project API)."""
+        project = str(uuid.uuid4())
+        table = "core_project" if "QFIELDCLOUD_QGIS_IMAGE_NAME" in self.env else "project_project"
+        lock = "is_locked" if table == "core_project" else "locked_at"
+        extra_col, extra_val = ("", "") if table == "core_project" else (", qgis_version", f", {_sql(qgis_version)}")
+        self.sql(
+            f"INSERT INTO {table} (id, name, owner_id, is_public, {lock}, created_at, updated_at{extra_col})"
+            f" SELECT '{project}', {_sql(name)}, id, false, {'false' if lock == 'is_locked' else 'NULL'}, now(), now()"
+            f"{extra_val} FROM core_user WHERE username = 'probe'"
+        )
+        return project
+
+    def create_jobs(self, count: int, job_type: str = "package", seconds: float | None = None) -> list[str]:
+        """``count`` new jobs, each in a project of its own: upstream answers a second package job of one project
+        with the one in flight (HTTP 200), so jobs that must all exist at once need their own projects."""
+        return [
+            self.create_job(job_type, seconds, project=self.add_project(f"jobs-{uuid.uuid4().hex[:8]}"))
+            for _n in range(count)
+        ]
 
     def job_status(self, job_id: str) -> str:
         return self.sql(f"SELECT status FROM core_job WHERE id = '{job_id}'")[0][0]

@@ -155,7 +155,9 @@ def test_nginx_host_mismatch_is_named_and_its_remedy_works(stack_factory):
     new = stack.env["QFIELDCLOUD_HOST"]
     result = facts_of(stack)
     assert codes(result) == {"nginx_host_mismatch"}, result["problems"]
-    assert result["sync_ready"] is False
+    # jobs still run; the devices cannot reach the server: the client verdict fails, not the sync one
+    assert result["sync_ready"] is True
+    assert result["client_ready"] is False
     problem = result["problems"][0]
     assert problem["evidence"]["nginx_host"] == old and problem["evidence"]["configured_host"] == new
     assert "closed without an answer" in problem["evidence"]["error"]

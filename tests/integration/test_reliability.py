@@ -135,7 +135,7 @@ def workers():
     # entrypoint): kill it, so that compose recreates it at once with the wrong db host.
     subprocess.run(["docker", "kill", *stack.containers(SERVICE, all_=False)], capture_output=True, check=True)
     stack.break_("worker-wrong-db-host")
-    stack.jobs_before = [stack.create_job() for _n in range(3)]  # nothing can run them: they wait
+    stack.jobs_before = stack.create_jobs(3)  # nothing can run them: they wait
     stack.broken_at = time.monotonic()
     yield stack
     remove_stack(stack)
@@ -417,7 +417,9 @@ def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(services, tm
         {"jobs_overdue", "jobs_orphaned"} <= codes(found) <= {"jobs_overdue", "jobs_orphaned", "orphan_job_containers"}
     )
     (problem,) = [p for p in found["problems"] if p["code"] == "jobs_orphaned"]
-    assert problem["evidence"]["jobs"] == [{"id": orphan, "status": "queued", "type": "package", "recovery": "requeue"}]
+    (job,) = problem["evidence"]["jobs"]
+    assert (job["id"], job["status"], job["type"], job["recovery"]) == (orphan, "queued", "package", "requeue")
+    assert "overdue" in job["evidence"] and job["user_action"] is None  # the queue runs it again by itself
     check = play("playbooks/site.yml", stack, "--check", verbose=False)
     assert check.returncode == 0, check.output[-3000:]
     assert "would " in check.output
@@ -537,7 +539,7 @@ def test_worker_killed_in_the_middle_of_a_job(workers, tmp_path):
     stack = workers
     job = stack.create_job(seconds=30)
     assert stack.wait_job(job, timeout=60, until=("started",)) == "started"
-    behind = stack.create_job()
+    behind = stack.create_job("process_projectfile")  # a second package job would be answered with the first
     time.sleep(2)
     (worker,) = worker_ids(stack)
     subprocess.run(["docker", "kill", worker], check=True, capture_output=True)
@@ -569,7 +571,7 @@ def test_missing_images_and_removed_worker_are_rebuilt(workers, tmp_path):
     stack = workers
     for fault in ("worker-removed", "worker-image-missing", "qgis-image-missing"):
         stack.break_(fault)
-    jobs = [stack.create_job() for _n in range(2)]
+    jobs = stack.create_jobs(2)
     found = facts(stack)
     assert {"worker_not_running", "worker_image_missing", "qgis_image_missing"} <= codes(found), found["problems"]
     res = play(
@@ -730,7 +732,7 @@ def enforce_outcome(output: str) -> str:
 def test_two_site_runs_at_once_end_with_one_worker_set(workers, tmp_path):
     stack = workers
     stack.break_("worker-stopped")
-    jobs = [stack.create_job() for _n in range(2)]
+    jobs = stack.create_jobs(2)
     results = {}
 
     def one(number: int) -> None:
@@ -894,7 +896,7 @@ def test_killed_runs_never_leave_half_written_files(workers):
     again = play("playbooks/site.yml", stack, verbose=False, extra={"qfieldcloud_worker_replicas": 1})
     assert again.returncode == 0 and recap(again)["changed"] == 0, again.output[-4000:]
     assert len(worker_ids(stack)) == 1
-    LEDGER.jobs(stack, [job, stack.create_job()])
+    LEDGER.jobs(stack, [job, stack.create_job("process_projectfile")])  # a package job could answer with job
     healthy(stack)
     assert_mode_0600(stack)
     scan_written_files(stack)

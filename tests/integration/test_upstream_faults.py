@@ -9,8 +9,10 @@ healthy), the breaking faults get theirs.
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
-from ansible_run import run_module
+from ansible_run import run_module, run_playbook, stack_args
 from standin import Stack
 
 pytestmark = pytest.mark.integration
@@ -108,3 +110,17 @@ def test_the_guides_hand_started_worker_is_judged_by_what_it_lacks(stack_factory
     [lacks] = problem["evidence"]["lacks"].values()
     assert any("/tmp" in gap for gap in lacks), lacks
     assert result["sync_ready"] is False
+
+    # site.yml retires it by default (drained first), and sync works again through the compose worker.
+    res = run_playbook("playbooks/site.yml", *stack_args(stack))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name=qfieldcloud-worker-{stack.name}"],
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
+    assert left == []
+    after = facts_of(stack)
+    assert "worker_hand_started" not in by_code(after) and after["sync_ready"] is True
+    assert stack.wait_job(stack.create_job("package"), 120) == "finished"

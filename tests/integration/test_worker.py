@@ -113,7 +113,10 @@ def snapshot(stack: Stack) -> dict:
         text=True,
         check=True,
     ).stdout
-    return {"files": files, "containers": sorted(ps.split("\n")), "backups": sorted(stack.dir.glob(".env.*.bak"))}
+    # A crash-looping worker (upstream's worker without the socket exits and is restarted) flips between running
+    # and restarting by itself: both are "up" here, what check mode must not change is which containers exist.
+    containers = sorted(line.replace(" restarting", " up").replace(" running", " up") for line in ps.split("\n"))
+    return {"files": files, "containers": containers, "backups": sorted(stack.dir.glob(".env.*.bak"))}
 
 
 def cmdline(pid: int) -> str:

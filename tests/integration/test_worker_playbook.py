@@ -52,7 +52,12 @@ def test_status_prints_a_short_human_summary(stack):
     res = worker(stack, "status")
     assert f"localhost project {stack.name}: sync ready" in res.output
     assert "workers running 1/1" in res.output
-    assert re.search(rf"{stack.name}-worker_wrapper-1: running, user root, restarts 0, dequeuing", res.output)
+    # upstream's worker restarts until migrate has run: the lifetime count is not 0, the recent one is what counts
+    assert re.search(
+        rf"{stack.name}-worker_wrapper-1: running, user root, restarts \d+ in the last 600 s \(\d+ in its life\), "
+        "dequeuing",
+        res.output,
+    ), res.output[-3000:]
     assert "problems: none" in res.output
 
 
@@ -94,7 +99,8 @@ def test_build_shows_progress_and_how_long_the_last_build_took(stack, state_dir)
     assert "No build recorded yet on this host" in first.output
     assert "Wait for the build (one line per poll)" in first.output
     record = json.loads((state_dir / stack.name / "last-build.json").read_text())
-    assert record["services"] == ["worker_wrapper", "qgis3"] and record["duration_s"] >= 0
+    assert record["services"][:2] == ["worker_wrapper", "qgis3"] and record["duration_s"] >= 0
+    assert set(record["services"]) <= {"worker_wrapper", "qgis3", "qgis4"}
     second = worker(stack, "build", state_dir)
     said = " ".join(second.output.split())  # the callback wraps long messages
     took = re.search(r"The last build \(worker_wrapper, qgis3, ([^)]+)\) took (\d+) s", said)

@@ -116,7 +116,7 @@ def test_docker_daemon_restarted_during_a_site_run(standin):
     stack.up()
     try:
         stack.break_("worker-stopped")
-        jobs = [stack.create_job() for _n in range(2)]
+        jobs = stack.create_jobs(2)
         log = REPO / "tests" / "output" / f"{stack.name}-site.log"
         cmd = playbook_command("playbooks/site.yml", *stack_args(stack), "-vvv")
         with log.open("w") as out:
