@@ -642,12 +642,25 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
             )
 
     healthy = [r for r in running_compose + running_hand if r.get("healthy_now", r.get("running"))]
+    # A stopped database container leaves Docker's DNS: the worker's "could not translate host name" then says the
+    # database is down (service_not_running), not that POSTGRES_HOST is wrong.
+    database = (facts.get("project") or {}).get("database_service") or "db"
+    db_service = (facts.get("services") or {}).get(database) or {}
+    database_down = bool(db_service.get("present") and not db_service.get("running"))
     for rep in replicas + hand:
         name = rep.get("name")
         state = rep.get("state")
         deaths = rep.get("recent_deaths")
-        looping = state == "restarting" or (
-            deaths is not None and deaths >= crash_restarts and not rep.get("healthy_now", False)
+        window = _threshold(facts, "crash_window_s", 600)
+        exit_age = rep.get("last_exit_age_s")
+        # Restarted by its policy, and its previous process ended within the window: the events may have rotated
+        # out of Docker's bounded buffer on a busy engine, this stays.
+        died_recently = int(rep.get("restart_count") or 0) > 0 and exit_age is not None and exit_age <= window
+        up = rep.get("running") or state == "restarting"
+        looping = state == "restarting" or bool(
+            up
+            and not rep.get("healthy_now", False)
+            and ((deaths is not None and deaths >= crash_restarts) or died_recently)
         )
         if looping:
             out.add(
@@ -657,7 +670,8 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                         "container": name,
                         "state": state,
                         "deaths_in_window": deaths,
-                        "window_s": _threshold(facts, "crash_window_s", 600),
+                        "window_s": window,
+                        "last_exit_age_s": exit_age,
                         "restart_count_lifetime": int(rep.get("restart_count") or 0),
                     },
                     rep,
@@ -700,7 +714,7 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                 ),
             )
         wrong_network = any(i.get("code") == ws.CODE_NETWORK for i in rep.get("drift") or [])
-        if log.get("host_unresolved") and not wrong_network:
+        if log.get("host_unresolved") and not wrong_network and not database_down:
             out.add(
                 "worker_db_host_wrong",
                 _with_log(

@@ -465,9 +465,13 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         expected["image_aliases"] = [ws.worker_image_name(project), ws.worker_image_name(project, compose_v1=True)]
         replicas = discovery["worker"]["replicas"]
         hand = discovery["worker"]["hand_started"]
+        now = time.time()
         for rep in replicas + hand:
             rep["drift"] = ws.worker_drift(rep, expected)
             rep["healthy_now"] = healthy_now(rep)
+            # When its previous process ended (State.FinishedAt stays set while it runs again).
+            ended = parse_docker_time(rep.get("finished_at"))
+            rep["last_exit_age_s"] = round(now - ended, 1) if ended else None
         # What compose gives the worker, as its own replica shows it: a hand-started one is judged against that.
         model = replicas[0] if replicas else None
         model_env = set(model["env_keys"]) if model else None

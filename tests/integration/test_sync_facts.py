@@ -141,7 +141,8 @@ FAULT_CASES = {
     "worker-stopped": ({"worker_not_running"}, set()),
     "worker-removed": ({"worker_not_running"}, set()),
     "worker-image-missing": ({"worker_image_missing", "worker_not_running"}, set()),
-    "worker-not-root+qgis-image-missing": ({"worker_socket_denied", "qgis_image_missing"}, set()),
+    # upstream's worker without the socket crashes in its idle loop before it claims anything: it loops
+    "worker-not-root+qgis-image-missing": ({"worker_socket_denied", "qgis_image_missing"}, {"worker_crash_loop"}),
     "worker-wrong-db-host": ({"worker_db_host_wrong"}, {"worker_crash_loop"}),
     "worker-port-published+app-down": (
         {"worker_port_published", "app_unreachable"},

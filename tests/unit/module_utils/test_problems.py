@@ -188,6 +188,12 @@ def test_crash_loop(facts):
     # The same deaths, but the current process dequeues: it recovered (e.g. after migrate ran).
     set_replica(facts, recent_deaths=4, healthy_now=True)
     assert codes(facts) == []
+    # The events rotated out of Docker's buffer, but its last process ended 40 s ago and this one is unhealthy.
+    set_replica(facts, restart_count=2, recent_deaths=0, last_exit_age_s=40.0, healthy_now=False)
+    assert codes(facts) == ["worker_crash_loop"]
+    # A stopped worker is not looping, whatever its recent deaths: worker_not_running says it.
+    set_replica(facts, running=False, state="exited", recent_deaths=5, healthy_now=False)
+    assert "worker_crash_loop" not in codes(facts)
 
 
 def test_crash_loop_beside_a_healthy_replica_does_not_block_sync(facts):
