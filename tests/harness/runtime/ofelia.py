@@ -1,8 +1,11 @@
-"""Stand-in for ofelia (`daemon --docker`): read the `ofelia.job-exec.*` labels of the project's
-containers ONCE at start, then run each job in the container it found, on its schedule.
+"""Stand-in for ofelia v0.3 (`daemon --docker`): read the `ofelia.job-exec.*` labels of the project's
+containers ONCE at start, remember each job's container by NAME, then `exec` in that name on schedule.
 
-Like the real ofelia, a container recreated later (for example `app` after an image change)
-is not picked up again until ofelia itself restarts: its jobs then fail with "No such container".
+Like the real ofelia, labels added or changed later are not seen until ofelia itself restarts, but a
+container recreated under the same name (compose keeps `<project>-app-1` when it recreates `app`) keeps its
+jobs: the next run execs in the new container. A stopped container makes the run fail ("is not running"), a
+removed one gives "No such container". Unlike the real ofelia, only the containers of ofelia's own compose
+project are read, so that several stand-in stacks share one engine.
 """
 
 import datetime
@@ -41,7 +44,6 @@ def main() -> int:
             jobs.append(
                 {
                     "name": name,
-                    "container": c.id,
                     "container_name": c.name,
                     "every": every_seconds(c.labels[prefix + "schedule"]),
                     "command": c.labels[prefix + "command"],
@@ -61,11 +63,11 @@ def main() -> int:
             job["next"] = now + job["every"]
             log(f'[Job "{job["name"]}"] Started - {job["command"]}')
             try:
-                res = client.containers.get(job["container"]).exec_run(["/bin/sh", "-c", job["command"]])
+                res = client.containers.get(job["container_name"]).exec_run(["/bin/sh", "-c", job["command"]])
                 state = "Finished" if res.exit_code == 0 else "Failed"
                 log(f'[Job "{job["name"]}"] {state} in {job["container_name"]}, exit code {res.exit_code}')
             except docker.errors.NotFound:
-                log(f'[Job "{job["name"]}"] Error: No such container: {job["container"][:12]}')
+                log(f'[Job "{job["name"]}"] Error: No such container: {job["container_name"]}')
             except Exception as exc:  # keep the scheduler alive, as ofelia does
                 log(f'[Job "{job["name"]}"] Error: {exc}')
         time.sleep(1)

@@ -9,6 +9,9 @@ def main() -> int:
         print("usage: manage.py {runserver,dequeue,migrate,showmigrations,runcrons,standin_seed}")
         return 2
     cmd, args = sys.argv[1], sys.argv[2:]
+    # As with Django, the settings are loaded before any command: a bad value stops every command.
+    import settings  # noqa: F401
+
     if cmd == "runserver":
         import server
 

@@ -22,6 +22,8 @@ STATUS_CACHE_S = float(os.environ.get("STANDIN_STATUS_CACHE_S", "10"))
 JOB_TYPES = ("package", "delta_apply", "process_projectfile")
 CHILD_TABLE = {"package": "core_packagejob", "process_projectfile": "core_processprojectfilejob"}
 UUID_RE = r"[0-9a-fA-F-]{36}"
+SINGLE_TOKEN_CLIENTS = ("qfield", "qfieldsync")
+TOKEN_HOURS = int(os.environ.get("QFIELDCLOUD_AUTH_TOKEN_EXPIRATION_HOURS", "720"))
 
 _status_cache = {"at": 0.0, "body": None}
 _status_lock = threading.Lock()
@@ -96,6 +98,30 @@ def insert_job(cur, project_id, job_type, user_id, feedback=None) -> uuid.UUID:
     return job_id
 
 
+def client_type_of(user_agent: str) -> str:
+    """Upstream's AuthToken.guess_client_type()."""
+    if not user_agent:
+        return "unknown"
+    for prefix, client in (("qfield|", "qfield"), ("sdk|", "sdk"), ("cli|", "cli")):
+        if user_agent.startswith(prefix):
+            return client
+    if re.search(r" QGIS/[34]\d{4}$", user_agent):
+        return "qfieldsync"
+    if re.search(r"Mozilla/5.0 .+ AppleWebKit/\d+.\d+ \(KHTML, like Gecko\)", user_agent):
+        return "browser"
+    return "unknown"
+
+
+def standin_extra(fields: dict) -> dict | None:
+    """Stand-in controls of the QGIS container, kept in the job's feedback until the worker runs it."""
+    extra = {}
+    if fields.get("standin_seconds"):
+        extra["standin_seconds"] = float(fields["standin_seconds"])
+    if str(fields.get("standin_no_feedback", "")).lower() in ("1", "true"):
+        extra["standin_no_feedback"] = True
+    return extra or None
+
+
 class Handler(BaseHTTPRequestHandler):
     server_version = "qfieldcloud-standin"
     protocol_version = "HTTP/1.1"
@@ -140,14 +166,23 @@ class Handler(BaseHTTPRequestHandler):
             return dict(parse_qsl(raw.decode())), {}
         return (json.loads(raw) if raw else {}), {}
 
-    def user_id(self):
+    def token_row(self):
+        """(token id, user id) of a valid `Authorization: Token ...`, or None; marks the token used."""
         auth = self.headers.get("Authorization", "")
         if not auth.startswith("Token "):
             return None
-        with db().cursor() as cur:
-            cur.execute("SELECT user_id FROM authtoken_token WHERE key = %s", (auth[6:].strip(),))
-            row = cur.fetchone()
-        return row[0] if row else None
+        conn = db()
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "UPDATE authentication_authtoken SET last_used_at = now()"
+                " WHERE key = %s AND expires_at > now() RETURNING id, user_id",
+                (auth[6:].strip(),),
+            )
+            return cur.fetchone()
+
+    def user_id(self):
+        row = self.token_row()
+        return row[1] if row else None
 
     def handle_db(self, fn):
         try:
@@ -173,6 +208,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/api/v1/auth/login/":
             return self.handle_db(self.login)
+        if path == "/api/v1/auth/logout/":
+            return self.handle_db(self.logout)
         if path == "/api/v1/jobs/":
             return self.handle_db(self.create_job)
         m = re.fullmatch(rf"/api/v1/deltas/({UUID_RE})/", path)
@@ -182,6 +219,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def login(self):
         fields, _ = self.form()
+        user_agent = self.headers.get("User-Agent", "")
+        client_type = client_type_of(user_agent)
         conn = db()
         with conn, conn.cursor() as cur:
             cur.execute(
@@ -190,9 +229,34 @@ class Handler(BaseHTTPRequestHandler):
             row = cur.fetchone()
             if not row or not migrations.check_password(str(fields.get("password", "")), row[1]):
                 return self.reply(400, {"code": "invalid_credentials", "message": "Unable to log in."})
+            if client_type in SINGLE_TOKEN_CLIENTS:
+                # upstream's AuthToken.save(): one live token per account for QField and QFieldSync
+                cur.execute(
+                    "UPDATE authentication_authtoken SET expires_at = now()"
+                    " WHERE user_id = %s AND client_type = %s AND expires_at > now()",
+                    (row[0], client_type),
+                )
             token = secrets.token_hex(20)
-            cur.execute("INSERT INTO authtoken_token (key, user_id, created) VALUES (%s, %s, now())", (token, row[0]))
-        self.reply(200, {"token": token, "username": fields.get("username")})
+            cur.execute(
+                "INSERT INTO authentication_authtoken (key, created_at, expires_at, updated_at, user_agent,"
+                " client_type, user_id) VALUES (%s, now(), now() + make_interval(hours => %s), now(), %s, %s, %s)"
+                " RETURNING expires_at",
+                (token, TOKEN_HOURS, user_agent, client_type, row[0]),
+            )
+            expires_at = cur.fetchone()[0]
+        self.reply(200, {"token": token, "expires_at": expires_at.isoformat(), "username": fields.get("username")})
+
+    def logout(self):
+        """Upstream's LogoutView: every live token of the caller's account expires now."""
+        row = self.token_row()
+        if row:
+            conn = db()
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE authentication_authtoken SET expires_at = now() WHERE user_id = %s AND expires_at > now()",
+                    (row[1],),
+                )
+        self.reply(200, {"detail": "Successfully logged out."})
 
     def create_job(self):
         user = self.user_id()
@@ -202,12 +266,23 @@ class Handler(BaseHTTPRequestHandler):
         job_type = fields.get("type")
         if job_type not in JOB_TYPES:
             return self.reply(400, {"code": "validation_error", "message": f"type must be one of {JOB_TYPES}"})
-        extra = {"standin_seconds": float(fields["standin_seconds"])} if fields.get("standin_seconds") else None
+        extra = standin_extra(fields)
         conn = db()
         with conn, conn.cursor() as cur:
             cur.execute(f"SELECT owner_id FROM {qfcdb.PROJECT_TABLE} WHERE id = %s", (fields.get("project_id"),))
             if cur.fetchone() is None:
                 return self.reply(404, {"code": "object_not_found", "message": "project not found"})
+            if job_type == "package":
+                # package jobs do not run in parallel: the one in flight is the answer (upstream: HTTP 200)
+                cur.execute(
+                    f"SELECT {JOB_COLUMNS} FROM core_job WHERE project_id = %s AND type = 'package'"
+                    " AND status IN ('pending', 'queued', 'started')"
+                    " ORDER BY started_at ASC NULLS LAST, created_at ASC LIMIT 1",
+                    (fields["project_id"],),
+                )
+                row = cur.fetchone()
+                if row:
+                    return self.reply(200, job_json(row))
             job_id = insert_job(cur, fields["project_id"], job_type, user, extra)
             cur.execute(f"SELECT {JOB_COLUMNS} FROM core_job WHERE id = %s", (job_id,))
             row = cur.fetchone()
@@ -241,9 +316,10 @@ class Handler(BaseHTTPRequestHandler):
             cur.execute(f"SELECT 1 FROM {qfcdb.PROJECT_TABLE} WHERE id = %s", (project_id,))
             if cur.fetchone() is None:
                 return self.reply(404, {"code": "object_not_found", "message": "project not found"})
-            job_id = insert_job(cur, project_id, "delta_apply", user)
-            for delta in deltas:
-                delta_id = uuid.UUID(delta.get("uuid") or str(uuid.uuid4()))
+            job_id = insert_job(cur, project_id, "delta_apply", user, standin_extra(fields))
+            for given in deltas:
+                delta_id = uuid.UUID(given.get("uuid") or str(uuid.uuid4()))
+                delta = {**given, "uuid": str(delta_id)}
                 cur.execute(
                     "INSERT INTO core_delta (id, deltafile_id, content, last_status, created_at, updated_at,"
                     " project_id, created_by_id) VALUES (%s, %s, %s, 'pending', now(), now(), %s, %s)",
