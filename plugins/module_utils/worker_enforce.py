@@ -1309,7 +1309,7 @@ class WorkerRun:
                 break
         compose_binds = spec.volume_binds(svc.get("volumes"), compose_mod.volume_names(project_config))
         volumes = spec.standalone_binds(template, compose_binds)
-        carried = {k: v for k, v in (svc.get("labels") or {}).items()} if svc else {}
+        carried = dict(svc.get("labels") or {}) if svc else {}
         labels = spec.standalone_labels(template, carried)
         for own in (LABEL_MANAGED, LABEL_SPEC):
             labels.pop(own, None)

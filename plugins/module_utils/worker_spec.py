@@ -468,7 +468,7 @@ def standalone_env(
         if sep and key not in ("PATH", "HOSTNAME", "HOME"):
             had[key] = value
     if compose_env:
-        env = {key: value for key, value in had.items()}
+        env = dict(had)
         env.update({key: "" if value is None else str(value) for key, value in compose_env.items()})
         return env
     if had:

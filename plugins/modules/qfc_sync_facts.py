@@ -201,8 +201,8 @@ sync_ready:
 client_ready:
   description:
     - True only when no problem says that devices cannot reach the server at the URL they are given (no problem whose
-      C(blocks) is V(client)). Seen from the Docker host: a firewall or hairpin question may look different from a
-      phone.
+      C(blocks) is V(client)). This is seen from the Docker host, and a firewall or hairpin question may look
+      different from a phone.
   returned: always
   type: bool
   sample: true

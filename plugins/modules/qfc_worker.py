@@ -127,7 +127,7 @@ options:
     type: str
   network:
     description:
-      - The network the worker must be on: where it reaches the database. Given, it wins.
+      - The network the worker must be on, where it reaches the database. Given, it wins.
       - Defaults to the project's default network C(<project>_default) when the database service's container (the
         compose service O(db_host) names) is on it, or when the database is external; otherwise a network the
         database container and the app share (one where O(db_host) resolves).

@@ -224,7 +224,7 @@ def test_counts_and_timeout_on_rows_shaped_like_upstream(stack):
             execute(
                 stack, "UPDATE constance_constance SET value = 'gASVBAAAAAAAAABLZC4=' WHERE key = 'WORKER_TIMEOUT_S'"
             )
-            database, _ = read_queue(stack)  # a value it cannot read (pickled): the caller's timeout
+            database, _queue = read_queue(stack)  # a value it cannot read (pickled): the caller's timeout
             assert (database["job_timeout_s"], database["job_timeout_source"]) == (600.0, "default")
         finally:
             if created:
@@ -257,7 +257,7 @@ def test_a_dead_delta_job_reaches_the_crons_end_state_in_one_transaction(stack):
         # a read that is out of date by the time it is applied changes nothing
         conn = connect(stack)
         try:
-            rows, _ = orphans.read_in_flight(conn)
+            rows, _now = orphans.read_in_flight(conn)
             (row,) = [r for r in rows if r["id"] == job]
             stale = {**row, "action": "fail", "updated_text": "2000-01-01 00:00:00+00"}
             assert orphans.recover(conn, [stale]) == []
@@ -299,7 +299,7 @@ def test_a_job_held_by_a_live_process_is_never_named_over_many_claims(stack):
     """30 jobs claimed one after the other while the rule is decided again and again, with every evidence sign
     forced true (a timeout of a microsecond): only the live holders' log lines and containers stand between a
     claimed job and a false finding."""
-    projects = [new_project(stack) for _ in range(6)]
+    projects = [new_project(stack) for _n in range(6)]
     fast = {"standin_seconds": 0.2}
     jobs = [insert_job(stack, projects[n % 6], "pending", feedback=fast, created=1) for n in range(30)]
     engine = worker_enforce.Engine(worker_enforce.docker_client(None, 30))

@@ -142,7 +142,10 @@ FAULT_CASES = {
     "worker-removed": ({"worker_not_running"}, set()),
     "worker-image-missing": ({"worker_image_missing", "worker_not_running"}, set()),
     # upstream's worker without the socket crashes in its idle loop before it claims anything: it loops
-    "worker-not-root+qgis-image-missing": ({"worker_socket_denied", "qgis_image_missing"}, {"worker_crash_loop"}),
+    "worker-not-root+qgis-image-missing": (
+        {"worker_socket_denied", "qgis_image_missing"},
+        {"worker_crash_loop", "worker_not_running"},
+    ),
     "worker-wrong-db-host": ({"worker_db_host_wrong"}, {"worker_crash_loop"}),
     "worker-port-published+app-down": (
         {"worker_port_published", "app_unreachable"},
@@ -159,7 +162,8 @@ FAULT_CASES = {
     "queue-stalled": ({"queue_stalled", "worker_not_running"}, set()),
     # claimed 30 minutes ago by a worker process that is gone (the running worker started after it)
     "job-overdue": ({"jobs_overdue", "jobs_orphaned"}, set()),
-    "migrations-missing": ({"migrations_missing"}, {"app_status_not_ok"}),
+    # the worker loops on the missing relation (upstream's worker exits on every database error)
+    "migrations-missing": ({"migrations_missing"}, {"app_status_not_ok", "worker_crash_loop", "worker_not_running"}),
 }
 # Worth reporting, but a job created now still finishes: the debugger and its published port stop no job.
 SYNC_STILL_WORKS = {"worker-debug-command"}

@@ -95,7 +95,10 @@ def snapshot(stack: Stack) -> dict:
         path = stack.dir / name
         files[name] = path.read_bytes() if path.exists() else None
     ps = docker("ps", "-a", "--no-trunc", "--format", "{{.ID}} {{.Names}} {{.State}}", "--filter", f"name={stack.name}")
-    return {"files": files, "containers": sorted(ps.stdout.splitlines())}
+    # A worker that lost its database crash-loops and flips between running and restarting by itself: both are
+    # "up" here; what check mode must not change is which containers exist and whether they are up.
+    states = (line.replace(" restarting", " up").replace(" running", " up") for line in ps.stdout.splitlines())
+    return {"files": files, "containers": sorted(states)}
 
 
 def inspect(name: str) -> dict:
