@@ -139,9 +139,8 @@ test-unit:
 # The Docker-backed suites run in parallel (pytest-xdist, whole files per worker: a file shares its private
 # stacks between its tests). Each worker has its own shared healthy stand-in. PYTEST_WORKERS=0 runs serially.
 # Tests marked `disruptive` (restarting the Docker daemon) run afterwards, alone on the engine.
-# Most of a Docker-backed test is waiting (worker polls, crash loops, drains): on these 2-core machines four
-# workers keep both cores busy where three left one idle half the time (make test: 27 min CPU in 36 min).
-PYTEST_WORKERS ?= 4
+# Three workers: four were slower on these 2-core machines (the layer is CPU-bound: 25.6 min against 23.4 min).
+PYTEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 test-integration:

@@ -201,7 +201,7 @@ class Stack:
     def push_deltas(self, count: int = 1, seconds: float | None = None, project: str | None = None) -> dict:
         """Upload a deltafile of `count` deltas as QField does; returns {"deltafile_id", "job_id", "deltas"}."""
         project = project or self.vars["qfieldcloud_probe_project"]
-        deltas = [str(uuid.uuid4()) for _ in range(count)]
+        deltas = [str(uuid.uuid4()) for _n in range(count)]
         deltafile = {"id": str(uuid.uuid4()), "deltas": [{"uuid": d, "method": "create"} for d in deltas]}
         payload: dict = {"file": json.dumps(deltafile)}
         if seconds is not None:

@@ -621,7 +621,31 @@ class WorkerRun:
         leftovers = sorted(
             {c["job_id"] for c in claims["job_containers"] if c["running"] and c["job_id"] in in_flight} - named
         )
-        return {"found": found, "leftovers": leftovers, "at": time.monotonic()}
+        # Jobs last named by a worker process that has ended: their QGIS container's result is never read.
+        claimant_gone = set(ended)
+        for item in claims["workers"]:
+            claimant_gone.update(item.get("ended_jobs") or [])
+        stale = sorted(job for job in leftovers if job in claimant_gone)
+        return {"found": found, "leftovers": leftovers, "stale": stale, "at": time.monotonic()}
+
+    def _retire_stale_leftovers(self, engine: Engine, conn: Any, before: dict[str, Any] | None, first: dict) -> dict:
+        """Remove the QGIS containers that still run a job whose worker process is proven gone (on two reads
+        ``orphans.CONFIRM_S`` apart): the process that would read their result is dead, so they only hold the
+        job, and its project, until they end. Check mode says it would. Returns a fresh read."""
+        time.sleep(max(0.0, orphans_mod.CONFIRM_S - (time.monotonic() - first["at"])))
+        second = self._orphan_read(engine, conn, before)
+        stale = sorted(set(first["stale"]) & set((second or {}).get("stale") or []))
+        for job in stale:
+            verb = "would remove" if self.check else "removed"
+            self.actions.append(f"{verb} the QGIS container of job {job}: the worker process that ran it is gone")
+            if self.check:
+                continue
+            for summary in engine.api.containers(filters={"label": f"job_id={job}", "status": "running"}):
+                with contextlib.suppress(DockerException):
+                    engine.api.remove_container(summary["Id"], force=True)
+        if not stale or self.check:
+            return second if second is not None else first
+        return self._orphan_read(engine, conn, before) or first
 
     def _orphaned_jobs(self, engine: Engine, before: dict[str, Any] | None = None) -> None:
         """Recover the jobs whose worker process is gone (see ``orphans.py``); in check mode only report them.
@@ -643,6 +667,8 @@ class WorkerRun:
             return
         try:
             first = self._orphan_read(engine, conn, before)
+            if first is not None and first["stale"]:
+                first = self._retire_stale_leftovers(engine, conn, before, first)
             if first is not None and first["leftovers"] and self.actions and not self.check:
                 deadline = time.monotonic() + orphans_mod.LEFTOVER_WAIT_S
                 while first is not None and first["leftovers"] and time.monotonic() < deadline:

@@ -388,7 +388,7 @@ def test_lock_timeout_fails_clearly(fresh):
 def test_killed_run_then_good_run(fresh):
     stack = fresh
     stack.break_("worker-port-published")
-    job = stack.create_job(seconds=8)
+    job = stack.create_job(seconds=25)
     assert stack.wait_job(job, timeout=30, until=("started", "finished", "failed")) == "started"
     env_before = (stack.dir / ".env").read_bytes()
 
@@ -405,9 +405,16 @@ def test_killed_run_then_good_run(fresh):
         f"project_dir={stack.dir}",
     ]
     proc = subprocess.Popen(cmd, env=ansible_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(4)  # the run is draining: the job in flight takes 8 s
+    # The run drains while the job in flight (25 s) runs: wait until the module runs (ansible starts slowly on a
+    # loaded machine), then give it a moment inside the drain.
+    deadline = time.monotonic() + 15
     tree = descendants(proc.pid)
+    while not any("AnsiballZ_qfc_worker" in cmdline(pid) for pid in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        tree = descendants(proc.pid)
     assert any("AnsiballZ_qfc_worker" in cmdline(pid) for pid in tree), "the module was not running"
+    time.sleep(2)
+    tree = descendants(proc.pid)
     for pid in [proc.pid, *tree]:  # the module runs in its own session under ansible: kill it too
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -187,7 +187,7 @@ def test_recover_fails_a_delta_job_and_its_deltas_in_one_transaction_and_skips_w
     done = orphans.recover(conn, jobs)
     assert [(j["id"], j["deltas"]) for j in done] == [(A, 0), (B, 2)]
     assert conn.commits == 1
-    sqls = [sql for sql, _ in cursor.statements]
+    sqls = [sql for sql, _params in cursor.statements]
     assert sqls[1] == orphans.REQUEUE_SQL and sqls[2] == orphans.FAIL_SQL
     assert sqls[3:5] == [orphans.FAIL_DELTAS_SQL, orphans.FAIL_APPLYJOBDELTAS_SQL]
     assert sqls[5:] == [orphans.FAIL_SQL]  # C: no delta statement after a job that did not change
