@@ -581,6 +581,11 @@ def _with_log(evidence: dict[str, Any], replica: dict[str, Any], code: str) -> d
     return evidence
 
 
+def database_service(facts: dict[str, Any]) -> str:
+    """The compose service that POSTGRES_HOST names (``project.database_service``), ``db`` when it is not known."""
+    return (facts.get("project") or {}).get("database_service") or "db"
+
+
 def _workers(facts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     worker = facts.get("worker") or {}
     return list(worker.get("replicas") or []), list(worker.get("hand_started") or [])
@@ -644,7 +649,7 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
     healthy = [r for r in running_compose + running_hand if r.get("healthy_now", r.get("running"))]
     # A stopped database container leaves Docker's DNS: the worker's "could not translate host name" then says the
     # database is down (service_not_running), not that POSTGRES_HOST is wrong.
-    database = (facts.get("project") or {}).get("database_service") or "db"
+    database = database_service(facts)
     db_service = (facts.get("services") or {}).get(database) or {}
     database_down = bool(db_service.get("present") and not db_service.get("running"))
     for rep in replicas + hand:
@@ -803,7 +808,7 @@ def _detect_services(facts: dict[str, Any], out: _Collector) -> None:
     # What each service's absence stops: app and database stop jobs; nginx only the devices' way in.
     blocks = {"app": "sync", "db": "sync", "nginx": "client", "memcached": "none"}
     # The database is whichever service POSTGRES_HOST names (`db` in upstream's standalone override).
-    database = (facts.get("project") or {}).get("database_service") or "db"
+    database = database_service(facts)
     blocks[database] = "sync"
     for name in ("app", database, "memcached", "nginx"):
         svc = services.get(name) or {}

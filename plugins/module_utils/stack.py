@@ -75,6 +75,8 @@ LOG_PATTERNS = {
 }
 # Signs that explain a fault (the others are signs of health), and the bounds of the log lines kept as evidence.
 FAULT_SIGNS = tuple(k for k in LOG_PATTERNS if k not in ("postgres_ready", "dequeued_jobs", "dequeue_banner"))
+# The fault signs that end or stall the worker's own loop; the others (a job's network or image) fail one job.
+LOOP_FAULT_SIGNS = ("host_unresolved", "socket_denied", "relation_missing", "replica_refused", "timeout_invalid")
 LOG_EXCERPT_LINES = 20
 LOG_LINE_WIDTH = 300
 

@@ -344,8 +344,7 @@ def healthy_now(replica: dict[str, Any]) -> bool:
     log = replica.get("log")
     if not log or "error" in log:
         return int(replica.get("recent_deaths") or 0) < 2
-    faults = ("host_unresolved", "socket_denied", "relation_missing", "replica_refused", "timeout_invalid")
-    return bool(log.get("dequeuing")) and not any(int(log.get(sign) or 0) for sign in faults)
+    return bool(log.get("dequeuing")) and not any(int(log.get(sign) or 0) for sign in stack.LOOP_FAULT_SIGNS)
 
 
 def gather(options: dict[str, Any]) -> dict[str, Any]:
