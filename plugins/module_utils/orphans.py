@@ -72,7 +72,6 @@ from typing import Any, Iterable
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
 
-CODE = "jobs_orphaned"
 IN_FLIGHT = drain_mod.IN_FLIGHT
 REQUEUE_STARTED_TYPES = ("package", "process_projectfile")
 MARGIN_S = 1.0

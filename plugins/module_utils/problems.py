@@ -49,6 +49,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
 
@@ -618,7 +619,7 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
         out.add("worker_not_running", evidence)
     elif running_compose or not running_hand:
         for item in ws.replica_count_drift(len(running_compose), expected):
-            if item["code"] != ws.CODE_NOT_RUNNING:
+            if item["code"] != codes.CODE_WORKER_NOT_RUNNING:
                 out.add(item["code"], {"replicas_expected": expected, "replicas_running": len(running_compose)})
 
     if running_hand:
@@ -689,7 +690,7 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
             continue
         for item in rep.get("drift") or []:
             code = item.get("code")
-            if code == ws.CODE_NOT_RUNNING or code not in CATALOGUE:
+            if code == codes.CODE_WORKER_NOT_RUNNING or code not in CATALOGUE:
                 continue
             out.add(
                 code,
@@ -718,7 +719,7 @@ def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
                     "worker_socket_denied",
                 ),
             )
-        wrong_network = any(i.get("code") == ws.CODE_NETWORK for i in rep.get("drift") or [])
+        wrong_network = any(i.get("code") == codes.CODE_WORKER_WRONG_NETWORK for i in rep.get("drift") or [])
         if log.get("host_unresolved") and not wrong_network and not database_down:
             out.add(
                 "worker_db_host_wrong",

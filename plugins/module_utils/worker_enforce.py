@@ -23,9 +23,9 @@ import time
 import traceback
 from typing import Any
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes, envfile
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose as compose_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files as files_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack as stack_mod
@@ -64,11 +64,6 @@ LABEL_ONEOFF = "com.docker.compose.oneoff"
 LABEL_MANAGED = "fibreflow.qfieldcloud.managed-by"
 LABEL_SPEC = "fibreflow.qfieldcloud.spec-hash"
 MANAGED_BY = "qfc_worker"
-CODE_IMAGE_MISSING = "worker_image_missing"
-CODE_HAND_STARTED = "worker_hand_started"
-CODE_NOT_PERSISTENT = "worker_config_not_persistent"
-CODE_STOPPED_WANTED = "worker_should_be_stopped"
-CODE_QGIS_NETWORK_MISSING = "qgis_network_missing"
 DEFAULT_STOP_TIMEOUT = 900
 STUCK_STOP_TIMEOUT = 3
 MAX_REPLICAS = 32
@@ -451,14 +446,14 @@ class WorkerRun:
                 "field": "qgis_network",
                 "expected": f"Docker network {value!r} exists (QFIELDCLOUD_DEFAULT_NETWORK)",
                 "actual": None,
-                "code": CODE_QGIS_NETWORK_MISSING,
+                "code": codes.CODE_QGIS_NETWORK_MISSING,
                 "remedy": remedy,
             },
         )
         self.details["qgis_network_missing"] = {"network": value, "remedy": remedy}
         self.warnings.append(
-            f"{CODE_QGIS_NETWORK_MISSING}: QFIELDCLOUD_DEFAULT_NETWORK names {value!r}, which does not exist: every"
-            f" QGIS job container fails to start. Not created by this module; {remedy}."
+            f"{codes.CODE_QGIS_NETWORK_MISSING}: QFIELDCLOUD_DEFAULT_NETWORK names {value!r}, which does not"
+            f" exist: every QGIS job container fails to start. Not created by this module; {remedy}."
         )
 
     def _current(self, engine: Engine, replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -691,7 +686,7 @@ class WorkerRun:
                         "expected": f"{job['id']} held by a running worker, or pending",
                         "actual": f"{job['status']} ({job['type']}) of project {job['project_id']} by a worker"
                         f" process that is gone{lost}",
-                        "code": orphans_mod.CODE,
+                        "code": codes.CODE_JOBS_ORPHANED,
                     },
                 )
             done = found if self.check else orphans_mod.recover(conn, found)
@@ -766,14 +761,16 @@ class WorkerRun:
         prebuilt image, ``docker compose build`` for a local build); outside check mode, fail. Never builds."""
         pull = " pull " in f" {command} "
         key = "pull_command" if pull else "build_command"
-        self._drift(None, {"field": "image", "expected": image, "actual": None, "code": CODE_IMAGE_MISSING})
+        self._drift(
+            None, {"field": "image", "expected": image, "actual": None, "code": codes.CODE_WORKER_IMAGE_MISSING}
+        )
         self.details.update({"image_missing": True, key: command, "image_command": command})
         if not self.check:
             raise WorkerError(
-                f"{CODE_IMAGE_MISSING}: the worker image {image!r} does not exist; {'pull' if pull else 'build'} it"
-                f" first: {command}",
+                f"{codes.CODE_WORKER_IMAGE_MISSING}: the worker image {image!r} does not exist;"
+                f" {'pull' if pull else 'build'} it first: {command}",
                 option="image",
-                code=CODE_IMAGE_MISSING,
+                code=codes.CODE_WORKER_IMAGE_MISSING,
                 drift=self.drift,
                 **{key: command, "image_command": command},
             )
@@ -1000,12 +997,20 @@ class WorkerRun:
             elif not want_running and replica.get("running"):
                 self._drift(
                     replica["name"],
-                    {"field": "running", "expected": False, "actual": True, "code": CODE_STOPPED_WANTED},
+                    {
+                        "field": "running",
+                        "expected": False,
+                        "actual": True,
+                        "code": codes.CODE_WORKER_SHOULD_BE_STOPPED,
+                    },
                 )
         running_count = sum(1 for item in replicas_now if item.get("running"))
         if want_running:
             for item in spec.replica_count_drift(running_count, replicas):
-                if not any(d["field"] == "running" for d in self.drift) or item["code"] != spec.CODE_NOT_RUNNING:
+                if (
+                    not any(d["field"] == "running" for d in self.drift)
+                    or item["code"] != codes.CODE_WORKER_NOT_RUNNING
+                ):
                     self._drift(None, item)
         if override_changes or env_changes:
             self._drift(
@@ -1016,7 +1021,7 @@ class WorkerRun:
                     "actual": "missing"
                     if override_before is None
                     else ("outdated" if override_changes else "not last in COMPOSE_FILE"),
-                    "code": CODE_NOT_PERSISTENT,
+                    "code": codes.CODE_WORKER_CONFIG_NOT_PERSISTENT,
                 },
             )
 
@@ -1046,7 +1051,7 @@ class WorkerRun:
                     "field": "hand_started",
                     "expected": "absent",
                     "actual": item.get("status"),
-                    "code": CODE_HAND_STARTED,
+                    "code": codes.CODE_WORKER_HAND_STARTED,
                     "gaps": item["gaps"],
                 },
             )
@@ -1361,7 +1366,7 @@ class WorkerRun:
             if replica is None:
                 create_names.append(name)
                 self._drift(
-                    name, {"field": "present", "expected": True, "actual": False, "code": spec.CODE_NOT_RUNNING}
+                    name, {"field": "present", "expected": True, "actual": False, "code": codes.CODE_WORKER_NOT_RUNNING}
                 )
                 continue
             items = spec.worker_drift(replica, {**expected, "running": want_running})
@@ -1377,12 +1382,13 @@ class WorkerRun:
                 remove.append(replica)
                 self._drift(
                     replica["name"],
-                    {"field": "present", "expected": False, "actual": True, "code": spec.CODE_REPLICAS_HIGH},
+                    {"field": "present", "expected": False, "actual": True, "code": codes.CODE_WORKER_REPLICAS_HIGH},
                 )
         stop = [r for r in existing if r["number"] <= replicas and r.get("running") and not want_running]
         for replica in stop:
             self._drift(
-                replica["name"], {"field": "running", "expected": False, "actual": True, "code": CODE_STOPPED_WANTED}
+                replica["name"],
+                {"field": "running", "expected": False, "actual": True, "code": codes.CODE_WORKER_SHOULD_BE_STOPPED},
             )
         if want_running and (create_names or recreate) and image_data is None:
             if settings.get("project_dir") and svc:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes
+
 DOCKER_SOCKET = "/var/run/docker.sock"
 RESTART_POLICY = "unless-stopped"
 WORKER_SERVICE = "worker_wrapper"
@@ -39,19 +41,6 @@ DEQUEUE_WORD = "dequeue"
 DEBUG_WORDS = ("debugpy", "pydevd", "ptvsd")
 
 # Drift codes (also problem codes in problems.py).
-CODE_NOT_ROOT = "worker_socket_denied"
-CODE_SOCKET_MOUNT = "worker_socket_not_mounted"
-CODE_NETWORK = "worker_wrong_network"
-CODE_PORTS = "worker_port_published"
-CODE_DEBUG = "worker_debug_command"
-CODE_COMMAND = "worker_command_wrong"
-CODE_DB_HOST = "worker_db_host_wrong"
-CODE_RESTART = "worker_restart_policy"
-CODE_IMAGE = "worker_image_wrong"
-CODE_IMAGE_OUTDATED = "worker_image_outdated"
-CODE_NOT_RUNNING = "worker_not_running"
-CODE_REPLICAS_LOW = "worker_replicas_low"
-CODE_REPLICAS_HIGH = "worker_replicas_high"
 
 ROOT_NAMES = ("0", "root")
 
@@ -241,19 +230,19 @@ def worker_drift(replica: dict[str, Any], expected: dict[str, Any]) -> list[dict
     user = replica.get("user")
     if not is_root_user(user, replica.get("image_user")):
         actual = user if user else f"(image default: {replica.get('image_user')})"
-        drift.append(_item("user", "root", actual, CODE_NOT_ROOT))
+        drift.append(_item("user", "root", actual, codes.CODE_WORKER_SOCKET_DENIED))
 
     socket = expected.get("socket") or DOCKER_SOCKET
     mount = replica.get("socket_mount") or {}
     if not mount.get("present"):
-        drift.append(_item("socket_mount", f"{socket}:{socket}:rw", None, CODE_SOCKET_MOUNT))
+        drift.append(_item("socket_mount", f"{socket}:{socket}:rw", None, codes.CODE_WORKER_SOCKET_NOT_MOUNTED))
     elif not mount.get("rw", False):
         drift.append(
             _item(
                 "socket_mount",
                 f"{socket}:{socket}:rw",
                 f"{mount.get('source') or socket}:{socket}:ro",
-                CODE_SOCKET_MOUNT,
+                codes.CODE_WORKER_SOCKET_NOT_MOUNTED,
             )
         )
 
@@ -263,34 +252,53 @@ def worker_drift(replica: dict[str, Any], expected: dict[str, Any]) -> list[dict
     host = replica.get("postgres_host")
     reachable = names_on(db_names, networks)
     if network and network not in networks and not (db_names and host and host in reachable):
-        drift.append(_item("networks", [network], sorted(networks), CODE_NETWORK))
+        drift.append(_item("networks", [network], sorted(networks), codes.CODE_WORKER_WRONG_NETWORK))
     elif db_names and host and host in names_on(db_names, list(db_names)) and host not in reachable:
         # The name is the database's, but on none of the worker's own networks: it does not resolve there.
-        drift.append(_item("postgres_host", reachable or [f"a name of the database on {network}"], host, CODE_DB_HOST))
+        drift.append(
+            _item(
+                "postgres_host",
+                reachable or [f"a name of the database on {network}"],
+                host,
+                codes.CODE_WORKER_DB_HOST_WRONG,
+            )
+        )
 
     ports = list(replica.get("published_ports") or [])
     if ports:
-        drift.append(_item("published_ports", [], sorted(ports), CODE_PORTS))
+        drift.append(_item("published_ports", [], sorted(ports), codes.CODE_WORKER_PORT_PUBLISHED))
 
     command = replica.get("command")
     words = command_words(command)
     if is_debug_command(words):
         drift.append(
-            _item("command", expected.get("command") or "python manage.py dequeue", " ".join(words), CODE_DEBUG)
+            _item(
+                "command",
+                expected.get("command") or "python manage.py dequeue",
+                " ".join(words),
+                codes.CODE_WORKER_DEBUG_COMMAND,
+            )
         )
     elif not is_dequeue_command(words):
         drift.append(
-            _item("command", expected.get("command") or "python manage.py dequeue", " ".join(words), CODE_COMMAND)
+            _item(
+                "command",
+                expected.get("command") or "python manage.py dequeue",
+                " ".join(words),
+                codes.CODE_WORKER_COMMAND_WRONG,
+            )
         )
 
     db_host = expected.get("db_host")
     reported = any(item["field"] == "postgres_host" for item in drift)
     if db_host and replica.get("postgres_host") != db_host and not reported:
-        drift.append(_item("postgres_host", db_host, replica.get("postgres_host"), CODE_DB_HOST))
+        drift.append(_item("postgres_host", db_host, replica.get("postgres_host"), codes.CODE_WORKER_DB_HOST_WRONG))
 
     policy = expected.get("restart_policy") or RESTART_POLICY
     if (replica.get("restart_policy") or "no") != policy:
-        drift.append(_item("restart_policy", policy, replica.get("restart_policy") or "no", CODE_RESTART))
+        drift.append(
+            _item("restart_policy", policy, replica.get("restart_policy") or "no", codes.CODE_WORKER_RESTART_POLICY)
+        )
 
     image = expected.get("image")
     if image:
@@ -299,12 +307,12 @@ def worker_drift(replica: dict[str, Any], expected: dict[str, Any]) -> list[dict
         actual_image = normalise_image_ref(replica.get("image"))
         image_id = expected.get("image_id")
         if actual_image not in names and not (image_id and replica.get("image_id") == image_id):
-            drift.append(_item("image", image, replica.get("image"), CODE_IMAGE))
+            drift.append(_item("image", image, replica.get("image"), codes.CODE_WORKER_IMAGE_WRONG))
         elif image_id and replica.get("image_id") and replica.get("image_id") != image_id:
-            drift.append(_item("image_id", image_id, replica.get("image_id"), CODE_IMAGE_OUTDATED))
+            drift.append(_item("image_id", image_id, replica.get("image_id"), codes.CODE_WORKER_IMAGE_OUTDATED))
 
     if expected.get("running", True) and not replica.get("running"):
-        drift.append(_item("running", True, False, CODE_NOT_RUNNING))
+        drift.append(_item("running", True, False, codes.CODE_WORKER_NOT_RUNNING))
 
     return drift
 
@@ -318,11 +326,11 @@ def replica_count_drift(running: int, expected: int) -> list[dict[str, Any]]:
     if running == expected:
         return []
     if running > expected:
-        code = CODE_REPLICAS_HIGH
+        code = codes.CODE_WORKER_REPLICAS_HIGH
     elif running == 0:
-        code = CODE_NOT_RUNNING
+        code = codes.CODE_WORKER_NOT_RUNNING
     else:
-        code = CODE_REPLICAS_LOW
+        code = codes.CODE_WORKER_REPLICAS_LOW
     return [_item("replicas", expected, running, code)]
 
 

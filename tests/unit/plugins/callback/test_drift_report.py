@@ -9,11 +9,13 @@ import json
 from pathlib import Path
 
 import pytest
+from builders import UNRESOLVED
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.callback import drift_report as dr
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import problems as pb
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import MASK, Redactor
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 SECRET = "s3cr3t-Pa55word-value"
 
 PROBLEM_SOCKET = {
@@ -457,3 +459,24 @@ def test_arguments_after_double_dash_go_to_ansible_playbook(wrapper):
     args = wrapper.parse_args(["-i", "inv.yml", "--apply", "--", "-e", "x=1", "--limit", "qfc1"])
     assert args.inventory == ["inv.yml"] and args.apply
     assert args.extra == ["-e", "x=1", "--limit", "qfc1"]
+
+
+def test_drift_report_markdown_shows_the_worker_log():
+    problem = pb.make_problem("worker_db_host_wrong", {"container": "w-1", "log": [UNRESOLVED]})
+    events = {
+        "qfc1": [
+            {
+                "kind": "facts",
+                "task": "Read the state",
+                "role": None,
+                "action": "fibreflow.qfieldcloud.qfc_sync_facts",
+                "changed": False,
+                "result": {"problems": [problem], "sync_ready": False, "invocation": {"module_args": {}}},
+            }
+        ]
+    }
+    doc = dr.build_report(events, {"qfc1": {"ok": 1, "failures": 0, "unreachable": 0}}, {"playbook": "x"}, None)
+    item = doc["hosts"]["qfc1"]["items"][0]
+    assert item["evidence"]["log"] == [UNRESOLVED]
+    text = dr.render_markdown(doc)
+    assert "Worker log behind `worker_db_host_wrong`" in text and UNRESOLVED in text

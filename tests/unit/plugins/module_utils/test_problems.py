@@ -8,81 +8,12 @@ import re
 from pathlib import Path
 
 import pytest
+from builders import CRASH_LOG, HEALTHY, REPLICA, UNRESOLVED, crash_replica
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import problems as pb
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
-
-REPLICA = {
-    "name": "qfieldcloud-worker_wrapper-1",
-    "compose": True,
-    "user": "root",
-    "image_user": "10001",
-    "networks": ["qfieldcloud_default"],
-    "published_ports": [],
-    "postgres_host": "db",
-    "socket_mount": {"present": True, "rw": True, "source": "/var/run/docker.sock"},
-    "command": ["python", "manage.py", "dequeue"],
-    "image": "qfieldcloud-worker_wrapper",
-    "image_id": "sha256:w",
-    "restart_policy": "unless-stopped",
-    "running": True,
-    "state": "running",
-    "restart_count": 0,
-    "log": {"dequeue_banner": True, "dequeued_jobs": 0},
-}
-
-HEALTHY = {
-    "project": {
-        "name": "qfieldcloud",
-        "dir": "/srv/qfc",
-        "network": "qfieldcloud_default",
-        "environment": "production",
-    },
-    "thresholds": {"pending_age_s": 300, "job_timeout_s": 600, "cron_max_age_s": 300, "crash_restarts": 3},
-    "daemon": {"reachable": True, "version": "20.10.24"},
-    "services": {
-        "app": {"present": True, "containers": 1, "running": 1, "state": "running"},
-        "db": {"present": True, "containers": 1, "running": 1, "state": "running"},
-        "memcached": {"present": True, "containers": 1, "running": 1, "state": "running"},
-        "nginx": {"present": True, "containers": 1, "running": 1, "state": "running"},
-        "ofelia": {"present": True, "containers": 1, "running": 1, "state": "running"},
-        "worker_wrapper": {"present": True, "containers": 1, "running": 1, "state": "running"},
-    },
-    "worker": {
-        "replicas_expected": 1,
-        "replicas_running": 1,
-        "replicas": [dict(REPLICA, drift=[])],
-        "hand_started": [],
-    },
-    "images": {
-        "worker": {"name": "qfieldcloud-worker_wrapper", "present": True},
-        "qgis": [{"variable": "QFIELDCLOUD_QGIS3_IMAGE_NAME", "name": "qfieldcloud-qgis3", "present": True}],
-    },
-    "database": {"checked": True, "reachable": True, "in_recovery": False, "tables_present": True, "host": "db"},
-    "queue": {
-        "checked": True,
-        "claimable_pending": 0,
-        "oldest_claimable_pending_age_s": None,
-        "overdue_queued": 0,
-        "overdue_started": 0,
-        "failed_last_hour": 0,
-        "finished_last_hour": 3,
-    },
-    "app": {"checked": True, "reachable": True, "ok": True, "http_status": 200, "status": {"database": "ok"}},
-    "cron": {
-        "checked": True,
-        "ofelia_present": True,
-        "ofelia_running": True,
-        "ofelia_stale": False,
-        "last_run_age_s": 30,
-    },
-    "orphan_job_containers": [],
-}
-
-
-@pytest.fixture
-def facts():
-    return copy.deepcopy(HEALTHY)
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import MASK, Redactor
 
 
 def codes(facts):
@@ -381,7 +312,7 @@ def test_catalogue_is_complete_and_documented():
     for name in dir(ws):
         if name.startswith("CODE_"):
             assert getattr(ws, name) in pb.CATALOGUE
-    doc = Path(__file__).resolve().parents[3] / "docs" / "problems.md"
+    doc = Path(__file__).resolve().parents[4] / "docs" / "problems.md"
     text = doc.read_text(encoding="utf-8")
     for code in pb.CATALOGUE:
         assert f"`{code}`" in text, f"{code} missing from docs/problems.md"
@@ -454,3 +385,110 @@ def test_every_catalogue_entry_says_what_it_blocks():
         assert entry["blocks"] in pb.BLOCKS, code
         if entry["severity"] == "critical":
             assert entry["blocks"] in ("sync", "client"), code
+
+
+# ------------------------------------------------------------------------------------------------ log evidence
+def test_worker_problem_carries_the_log_lines_that_explain_it():
+    facts = copy.deepcopy(HEALTHY)
+    facts["worker"]["replicas"] = [
+        crash_replica(
+            stack.log_excerpt(CRASH_LOG),
+        )
+    ]
+    facts["worker"]["replicas_running"] = 0
+    found = {p["code"]: p for p in pb.detect_problems(facts)}
+    log = found["worker_db_host_wrong"]["evidence"]["log"]
+    assert any(line.startswith(UNRESOLVED) for line in log)
+    assert all(not line.startswith("xxx") for line in log)  # only the lines that explain this problem
+    assert len(log) <= pb.LOG_EVIDENCE_LINES
+    assert f"{UNRESOLVED} (repeated" in " ".join(log)  # a crash loop's repeats are counted, not listed
+    crash = found["worker_crash_loop"]["evidence"]["log"]
+    assert any(line.startswith("xxx") for line in crash)  # any fault sign explains a crash loop
+
+
+def test_stopped_worker_carries_the_last_lines_of_its_log():
+    facts = copy.deepcopy(HEALTHY)
+    rep = crash_replica(
+        [],
+        state="exited",
+        restart_count=0,
+        log=None,
+        log_tail=["Dequeue stopped"],
+    )
+    facts["worker"]["replicas"] = [rep]
+    facts["worker"]["replicas_running"] = 0
+    problem = next(p for p in pb.detect_problems(facts) if p["code"] == "worker_not_running")
+    assert problem["evidence"]["containers"][0]["log"] == ["Dequeue stopped"]
+
+
+def test_collapse_repeats_keeps_the_order_of_last_occurrence():
+    assert pb.collapse_repeats(["a", "b", "a", "c"]) == ["b", "a (repeated 2 times)", "c"]
+
+
+def test_log_lines_are_redacted_with_the_rest():
+    secret = "pw-0123456789abcdef"
+    line = f"could not translate host name: postgresql://qfc:{secret}@postgres/qfieldcloud_db"
+    facts = copy.deepcopy(HEALTHY)
+    facts["worker"]["replicas"] = [crash_replica(stack.log_excerpt(line))]
+    redactor = Redactor([secret])
+    found = redactor.value(pb.detect_problems(facts))
+    log = next(p for p in found if p["code"] == "worker_db_host_wrong")["evidence"]["log"]
+    assert secret not in str(found) and MASK in log[0]
+
+
+# ------------------------------------------------------------------------------------------------ client
+def client_facts(**client):
+    facts = copy.deepcopy(HEALTHY)
+    facts["client"] = {
+        "checked": True,
+        "host": "qfc.example.org",
+        "nginx_host": "qfc.example.org",
+        "local_host": False,
+        "url": "http://qfc.example.org:8080",
+        "via": "nginx",
+        "connect_host": "127.0.0.1",
+        "connect_port": 8080,
+        "host_header": "qfc.example.org:8080",
+        "ok": True,
+        **client,
+    }
+    return facts
+
+
+def test_client_ok_is_no_problem():
+    assert set(codes(client_facts())) == set()
+
+
+def test_nginx_with_an_old_host_is_a_mismatch():
+    facts = client_facts(host="new.example.org", nginx_host="qfc.example.org", ok=False, error="closed")
+    found = pb.detect_problems(facts)
+    assert [p["code"] for p in found] == ["nginx_host_mismatch"]
+    assert found[0]["evidence"]["nginx_host"] == "qfc.example.org"
+    assert "up -d --no-deps nginx app" in found[0]["remedy"]
+    # Jobs still run; devices cannot reach the server: the client verdict fails, not the sync one.
+    assert pb.sync_ready(found)
+    assert not pb.client_ready(found)
+
+
+def test_client_unreachable_otherwise():
+    assert set(codes(client_facts(ok=False, http_status=502, error="HTTP 502"))) == {"client_url_unreachable"}
+    assert set(codes(client_facts(url=None, via=None, connect_host=None, ok=False))) == {"client_url_unreachable"}
+
+
+def test_client_failure_explained_elsewhere_is_not_repeated():
+    facts = client_facts(ok=False)
+    facts["app"] = {"checked": True, "reachable": False, "error": "refused"}
+    assert "client_url_unreachable" not in codes(facts)
+    facts = client_facts(ok=False, url=None)
+    facts["services"]["nginx"].update(running=0, state="exited")
+    assert "client_url_unreachable" not in codes(facts)
+
+
+def test_local_host_is_a_warning():
+    found = pb.detect_problems(client_facts(host="localhost", nginx_host="localhost", local_host=True))
+    assert [(p["code"], p["severity"]) for p in found] == [("client_host_local", "warning")]
+    assert pb.sync_ready(found)
+
+
+def test_unchecked_client_yields_nothing():
+    assert set(codes(client_facts(checked=False, ok=False))) == set()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH_PY = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
+BENCH_PY = Path(__file__).resolve().parents[3] / "bench" / "bench.py"
 
 
 @pytest.fixture(scope="module")

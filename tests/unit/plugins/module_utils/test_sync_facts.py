@@ -81,3 +81,66 @@ def test_healthy_now_needs_a_dequeue_loop_without_fault_signs():
     # no log read: running and not dying in the window
     assert sync_facts.healthy_now({"running": True, "log": {"error": "no log driver"}, "recent_deaths": 0})
     assert not sync_facts.healthy_now({"running": True, "log": {"error": "no log driver"}, "recent_deaths": 5})
+
+
+NGINX = {"running": 1, "ports": [{"port": 80, "proto": "tcp", "host_ip": "0.0.0.0", "host_port": 80}]}
+
+
+@pytest.mark.parametrize(
+    ("nginx", "app", "url", "connect", "host_header"),
+    [
+        (NGINX, None, "http://qfc.example.org", ("127.0.0.1", 80), "qfc.example.org"),
+        (
+            {"running": 1, "ports": [{"port": 80, "host_port": 8080}, {"port": 443, "host_port": 443}]},
+            None,
+            "https://qfc.example.org",
+            ("127.0.0.1", 443),
+            "qfc.example.org",
+        ),
+        (
+            {"running": 1, "ports": [{"port": 80, "host_ip": "10.0.0.5", "host_port": 8080}]},
+            None,
+            "http://qfc.example.org:8080",
+            ("10.0.0.5", 8080),
+            "qfc.example.org:8080",
+        ),
+        # no nginx: the app's published port, as the guide's http://<host-ip>:8011
+        (
+            None,
+            {"running": 1, "ports": [{"port": 8000, "host_port": 8011}]},
+            "http://qfc.example.org:8011",
+            ("127.0.0.1", 8011),
+            "qfc.example.org:8011",
+        ),
+        # a stopped nginx does not count
+        (
+            {**NGINX, "running": 0},
+            {"running": 1, "ports": [{"port": 8000, "host_port": 8011}]},
+            "http://qfc.example.org:8011",
+            ("127.0.0.1", 8011),
+            "qfc.example.org:8011",
+        ),
+        (None, None, None, None, None),
+    ],
+)
+def test_client_address(nginx, app, url, connect, host_header):
+    address = sync_facts.client_address("qfc.example.org", nginx, app)
+    assert address["url"] == url
+    if connect:
+        assert (address["connect_host"], address["connect_port"]) == connect
+        assert address["host_header"] == host_header
+
+
+def test_client_address_on_a_remote_docker_host_connects_there():
+    address = sync_facts.client_address("qfc.example.org", NGINX, None, "tcp://10.1.2.3:2376")
+    assert address["connect_host"] == "10.1.2.3"
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1", "127.0.1.1", "0.0.0.0", "::1", "qfc.localhost"])
+def test_local_hosts(host):
+    assert sync_facts.is_local_host(host)
+
+
+def test_public_hosts_are_not_local():
+    assert not sync_facts.is_local_host("qfc.example.org")
+    assert not sync_facts.is_local_host("192.168.1.10")

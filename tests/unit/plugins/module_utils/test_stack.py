@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from builders import CRASH_LOG
+
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack
 
 COMPOSE = {"com.docker.compose.container-number": "1", "com.docker.compose.config-hash": "abc"}
@@ -289,3 +291,30 @@ def test_replica_facts_keep_mount_and_env_names_not_values():
     assert facts["env_keys"] == ["ENVIRONMENT", "POSTGRES_PASSWORD"]
     assert "secret" not in repr(facts)
     assert facts["mounts"] == [{"type": "volume", "source": "qfc_grids", "target": "/grids", "rw": True}]
+
+
+def test_log_excerpt_keeps_only_fault_lines_bounded_and_cut():
+    excerpt = stack.log_excerpt(CRASH_LOG)
+    assert len(excerpt) == stack.LOG_EXCERPT_LINES
+    assert all("Dequeue" not in e["line"] and "Waiting" not in e["line"] for e in excerpt)
+    assert excerpt[-1]["signs"] == ["socket_denied"]
+    assert len(excerpt[-1]["line"]) == stack.LOG_LINE_WIDTH and excerpt[-1]["line"].endswith("…")
+    assert {"host_unresolved"} <= {s for e in excerpt for s in e["signs"]}
+    assert stack.log_excerpt("") == []
+
+
+def test_port_bindings_count_ipv4_and_ipv6_once():
+    inspect = {
+        "NetworkSettings": {
+            "Ports": {
+                "80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}, {"HostIp": "::", "HostPort": "8080"}],
+                "443/tcp": None,
+                "5679/tcp": [{"HostIp": "127.0.0.1", "HostPort": "5679"}],
+            }
+        }
+    }
+    assert stack.port_bindings(inspect) == [
+        {"port": 80, "proto": "tcp", "host_ip": "0.0.0.0", "host_port": 8080},
+        {"port": 5679, "proto": "tcp", "host_ip": "127.0.0.1", "host_port": 5679},
+    ]
+    assert stack.port_bindings({}) == []
