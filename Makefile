@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive build changelog-lint demo clean
+	test-harness test-molecule test-disruptive test-prometheus build changelog-lint demo clean
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -55,6 +55,7 @@ help:
 	@echo 'make test-molecule     every molecule scenario, with a throw-away ANSIBLE_HOME'
 	@echo 'make build             build the collection tarball and prove it installs offline'
 	@echo 'make changelog-lint    antsibull-changelog lint'
+	@echo 'make test-prometheus   promtool check rules and promtool test rules on the shipped alert rules'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,7 +116,7 @@ get-pip-standin:
 # Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
 test: setup
 	@failed=()
-	layers=(test-unit sanity lint build changelog-lint)
+	layers=(test-unit sanity lint build changelog-lint test-prometheus)
 	$(if $(call has_tests,tests/integration),layers+=(test-integration))
 	$(if $(call has_tests,tests/harness),layers+=(test-harness))
 	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
@@ -172,6 +173,12 @@ sanity:
 	  | tar --null -T - -cf - | tar -xf - -C "$$tree"
 	cd "$$tree"
 	$(BIN)/ansible-test sanity --local --python $(SANITY_PYTHON) --color no $(SANITY_ARGS)
+
+# The alert rules shipped in prometheus/: valid for Prometheus, and each alert fires when (and only when) its
+# unit test says so. promtool comes from Debian's prometheus package (scripts/setup-host.sh).
+test-prometheus:
+	promtool check rules prometheus/*.yml
+	promtool test rules tests/prometheus/*.test.yml
 
 lint:
 	@$(if $(LINTABLE),$(BIN)/ansible-lint --profile production $(LINTABLE),echo 'lint: no roles/ or playbooks/ yet: ansible-lint skipped')

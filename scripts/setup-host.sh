@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Make this host able to run the collection's tests: a Docker engine, the compose v2
-# plugin and debootstrap. Idempotent: every step checks first and does nothing when
+# plugin, debootstrap, promtool and graphviz. Idempotent: every step checks first and does nothing when
 # the host already has what it needs.
 set -euo pipefail
 
@@ -86,7 +86,27 @@ ensure_shellcheck() {
   fi
 }
 
+# promtool (Debian's prometheus package) checks and unit-tests the alert rules in prometheus/ (make test-prometheus).
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return
+  log "promtool: installing prometheus (its service is not started)"
+  apt_install prometheus
+  # the package enables its own service; these test machines only need the promtool binary
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+}
+
+# Graphviz draws docs/pictures/playbooks.svg from its source docs/pictures/playbooks.dot (make docs).
+ensure_graphviz() {
+  command -v dot >/dev/null 2>&1 && return
+  log "graphviz: installing"
+  apt_install graphviz
+}
+
 ensure_docker_engine
 ensure_compose_v2
 ensure_debootstrap
 ensure_shellcheck
+ensure_promtool
+ensure_graphviz
