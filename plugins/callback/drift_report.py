@@ -109,8 +109,13 @@ from typing import Any
 from ansible import context
 from ansible.plugins.callback import CallbackBase
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE, blocking_codes
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes, files
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import (
+    CATALOGUE,
+    blocking_codes,
+    hidden_by,
+    raised_by_facts,
+)
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor, is_secret_key
 
 SCHEMA_VERSION = 1
@@ -122,26 +127,6 @@ WORKER_MODULE = "qfc_worker"
 REPORT_TAG = "qfieldcloud_drift_report"
 GATE_TAG = "qfieldcloud_drift_gate"
 DEFAULT_REMEDY = "ansible-playbook fibreflow.qfieldcloud.site"
-# Codes that are not problems of the catalogue: severity and summary.
-EXTRA_CODES = {
-    "worker_config_not_persistent": (
-        "warning",
-        "The worker's configuration is not held by the collection's override file (a later compose up may undo it)",
-    ),
-    "verify_failed": ("critical", "The end-to-end sync probe did not succeed"),
-}
-# Which skip option of qfc_sync_facts hides a code: a facts result that skipped it cannot say it is gone.
-SKIP_HIDES = (
-    ("db_", ("db",)),
-    ("migrations_", ("db",)),
-    ("queue_", ("db", "queue")),
-    ("jobs_", ("db", "queue")),
-    ("app_", ("app",)),
-    ("client_", ("app", "client")),
-    ("nginx_host_", ("app", "client")),
-    ("cron_", ("cron",)),
-    ("orphan_", ("orphans",)),
-)
 MAX_TEXT = 2000
 FENCE = "`" * 3
 
@@ -183,12 +168,14 @@ def facts_skips(event: dict[str, Any]) -> set[str]:
 
 
 def covers(event: dict[str, Any], code: str) -> bool:
-    """Tell whether a qfc_sync_facts call looked at what reveals ``code``."""
-    skipped = facts_skips(event)
-    for prefix, hiding in SKIP_HIDES:
-        if code.startswith(prefix):
-            return not skipped.intersection(hiding)
-    return True
+    """Tell whether a qfc_sync_facts call looked at what reveals ``code`` (the catalogue's detectors and hidden_by).
+
+    A code the call never raises (qfc_worker's own, verify_failed) is not judged by it; a code outside the
+    catalogue is, as before it had an entry.
+    """
+    if code in CATALOGUE and not raised_by_facts(code):
+        return False
+    return not facts_skips(event).intersection(hidden_by(code))
 
 
 def _codes(event: dict[str, Any]) -> set[str]:
@@ -197,10 +184,9 @@ def _codes(event: dict[str, Any]) -> set[str]:
 
 def _catalogue(code: str) -> dict[str, str]:
     entry = CATALOGUE.get(code) or {}
-    severity, summary = EXTRA_CODES.get(code, ("error", code.replace("_", " ")))
     return {
-        "severity": entry.get("severity", severity),
-        "summary": entry.get("summary") or summary,
+        "severity": entry.get("severity") or "error",
+        "summary": entry.get("summary") or code.replace("_", " "),
         "remedy": (entry.get("remedy") or DEFAULT_REMEDY)
         .replace("{project_dir}", "<project_dir>")
         .replace("{network}", "<project>_default"),
@@ -309,13 +295,12 @@ def host_items(events: list[dict[str, Any]], check_mode: bool) -> dict[str, Any]
     if verify and verify.get("outcome") == "failed":
         items.append(
             _item(
-                "verify_failed",
+                codes.CODE_VERIFY_FAILED,
                 "verify",
                 None,
                 field="probe",
                 expected="finished",
                 actual=verify.get("error") or verify.get("job_status"),
-                remedy=f"{DEFAULT_REMEDY.replace('site', 'diagnose')}, then {DEFAULT_REMEDY}",
             )
         )
 

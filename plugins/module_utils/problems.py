@@ -3,9 +3,13 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The catalogue of QFieldCloud sync problems, and their detection on plain facts.
 
-Every failure mode has one stable snake_case *code* (also used as drift code by ``worker_spec.py`` and
-``qfc_worker``), a *severity*, a one-line *summary*, what it *means*, how it is *detected*, and a *remedy*
-naming the exact command or the collection playbook that fixes it.
+Every failure mode has one stable snake_case *code* (a constant of ``codes.py`` named after it, also used as drift
+code by ``worker_spec.py`` and ``qfc_worker``), a *severity*, a one-line *summary*, what it *means*, how it is
+*detected*, a *remedy* naming the exact command or the collection playbook that fixes it, the *detectors* that
+raise it and the qfc_sync_facts ``skip`` options that hide it (*hidden_by*). The codes of ``qfc_worker`` alone
+(``worker_config_not_persistent``, ``worker_should_be_stopped``, ``drain_timeout``) and of the verify role
+(``verify_failed``, reported by the drift report) are entries like the others; :data:`FACTS_CODES` are the ones
+:func:`detect_problems` can raise.
 
 Severities:
 
@@ -63,46 +67,62 @@ PLAY_MAINT = "ansible-playbook fibreflow.qfieldcloud.maintenance"
 COMPOSE = "cd {project_dir} && docker compose"
 
 # code -> catalogue entry. Placeholders: {project}, {project_dir}, {network}, {environment}.
-CATALOGUE: dict[str, dict[str, str]] = {
-    "docker_unreachable": {
+#
+# ``detectors``: where the code is raised, as ``<module>.<function>`` of plugins/module_utils (this module's
+# detectors for what qfc_sync_facts finds; qfc_worker's planner and drainer for its own codes), or
+# ``<kind>/<file>.<function>`` elsewhere in plugins. ``hidden_by``: the ``skip`` options of qfc_sync_facts
+# (``sync_facts.CHECKS``) any one of which keeps a call from looking for the code, so that such a call cannot say
+# the problem is gone (empty: every call looks for it, or no call ever raises it).
+CATALOGUE: dict[str, dict[str, Any]] = {
+    codes.CODE_DOCKER_UNREACHABLE: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems.detect_problems",),
+        "hidden_by": (),
         "summary": "The Docker daemon cannot be reached",
         "meaning": "Nothing about the stack can be known; on this host no QFieldCloud job can run without Docker.",
         "detection": "The Docker API (docker_host) does not answer a version request within the timeout.",
         "remedy": "Start Docker (`systemctl start docker` or `dockerd &`), or point docker_host at the right "
         "socket (DOCKER_HOST).",
     },
-    "stack_not_found": {
+    codes.CODE_STACK_NOT_FOUND: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems.detect_problems",),
+        "hidden_by": (),
         "summary": "No container of the compose project was found",
         "meaning": "The project is not running on this host, or it has another name.",
         "detection": "No container carries the label com.docker.compose.project=<project>.",
         "remedy": "Check project_name/project_dir (COMPOSE_PROJECT_NAME in .env); start the stack with "
         f"`{PLAY_SITE}` or `{COMPOSE} up -d`.",
     },
-    "service_not_running": {
+    codes.CODE_SERVICE_NOT_RUNNING: {
         "severity": "error",
         "blocks": "sync",
+        "detectors": ("problems._detect_services",),
+        "hidden_by": (),
         "summary": "A QFieldCloud service container is not running",
         "meaning": "One of app, db, memcached, nginx is stopped or missing: sync or its API is degraded.",
         "detection": "The service has a container of the project but none is running.",
         "remedy": f"`{PLAY_SITE}` (role fibreflow.qfieldcloud.startup starts services in order), or "
         f"`{COMPOSE} up -d <service>`.",
     },
-    "worker_not_running": {
+    codes.CODE_WORKER_NOT_RUNNING: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_replica_count",),
+        "hidden_by": (),
         "summary": "No worker_wrapper is running: jobs stay pending forever",
         "meaning": "Nothing dequeues jobs. QField shows 'applying the latest uploaded changes' for ever.",
         "detection": "No running container of the worker_wrapper service (nor a hand-started worker) while "
         "QFIELDCLOUD_WORKER_REPLICAS > 0.",
         "remedy": f"`{PLAY_SITE}` (role fibreflow.qfieldcloud.worker), or `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_image_missing": {
+    codes.CODE_WORKER_IMAGE_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_worker_image",),
+        "hidden_by": (),
         "summary": "The worker image is not on the host",
         "meaning": "The worker container cannot be (re)created: the image compose resolves for worker_wrapper "
         "(its `image:`, or the local build <project>-worker_wrapper) is not on the host. Blocks sync when no worker "
@@ -112,27 +132,33 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"For a local build `{COMPOSE} build worker_wrapper` (10-15 min), or `{PLAY_SITE}` (the worker role "
         f"builds missing images); for a prebuilt image (`image:` in compose) `{COMPOSE} pull worker_wrapper`.",
     },
-    "worker_image_wrong": {
+    codes.CODE_WORKER_IMAGE_WRONG: {
         "severity": "error",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "A worker runs an image other than the project's worker image",
         "meaning": "The worker was started from another image; job handling may not match the app's version.",
         "detection": "The container's image is neither the image its compose service resolves to (a prebuilt "
         "`image:` or the local build <project>-worker_wrapper) nor that image's id.",
         "remedy": f"`{PLAY_SITE}` (module fibreflow.qfieldcloud.qfc_worker recreates it from the built image).",
     },
-    "worker_image_outdated": {
+    codes.CODE_WORKER_IMAGE_OUTDATED: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "A worker runs an older build of the worker image",
         "meaning": "The image was rebuilt but the worker was not recreated: app, worker and QGIS versions may "
         "differ and break process_projectfile.",
         "detection": "The worker container's image id differs from the id of the image <project>-worker_wrapper.",
         "remedy": f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_MAINT}` (restarts it without killing jobs).",
     },
-    "worker_socket_denied": {
+    codes.CODE_WORKER_SOCKET_DENIED: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_replica_drift", "problems._detect_log_signs"),
+        "hidden_by": (),
         "summary": "The worker cannot use the Docker socket (not running as root)",
         "meaning": "The worker image runs as user 10001; without `user: root` it gets 'Permission denied' on "
         "/var/run/docker.sock and cannot start QGIS job containers.",
@@ -141,18 +167,22 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"`{PLAY_SITE}` (qfc_worker enforces user root in its compose override), or set `user: root` "
         f"on worker_wrapper and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_socket_not_mounted": {
+    codes.CODE_WORKER_SOCKET_NOT_MOUNTED: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "The Docker socket is not mounted read-write in the worker",
         "meaning": "The worker cannot start QGIS job containers.",
         "detection": "No read-write bind mount of /var/run/docker.sock in the worker container.",
         "remedy": f"`{PLAY_SITE}`, or add `/var/run/docker.sock:/var/run/docker.sock` to the worker's volumes and "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_db_host_wrong": {
+    codes.CODE_WORKER_DB_HOST_WRONG: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_replica_drift", "problems._detect_log_signs"),
+        "hidden_by": (),
         "summary": "The worker's POSTGRES_HOST does not reach the app's database",
         "meaning": "The worker waits 'Postgres isn't ready' for 30 s, then crashes and restarts: no job runs.",
         "detection": "POSTGRES_HOST of the worker differs from the app's, or its log shows 'could not translate "
@@ -160,9 +190,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"`{PLAY_SITE}` (qfc_worker sets POSTGRES_HOST to the app's database host), or fix POSTGRES_HOST "
         f"in .env and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_port_published": {
+    codes.CODE_WORKER_PORT_PUBLISHED: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "The worker publishes a port on the host",
         "meaning": "Usually the development override's debugpy port 5679: a debugger open to the network, and "
         "more than one replica cannot start (port already allocated).",
@@ -170,9 +202,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": "Remove docker-compose.override.local.yml from COMPOSE_FILE in .env and "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_SITE}`.",
     },
-    "worker_wrong_network": {
+    codes.CODE_WORKER_WRONG_NETWORK: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "The worker is on no network where it reaches its database",
         "meaning": "The worker cannot reach db/app, and its QGIS containers fail with 'network ... not found'.",
         "detection": "The database container (the compose service POSTGRES_HOST names) is on none of the "
@@ -181,9 +215,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"`{PLAY_SITE}` (qfc_worker attaches it to the network it shares with the database, normally "
         f"{{network}}), or fix the worker's networks and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_crash_loop": {
+    codes.CODE_WORKER_CRASH_LOOP: {
         "severity": "error",
         "blocks": "sync",
+        "detectors": ("problems._detect_crash_loop",),
+        "hidden_by": (),
         "summary": "The worker keeps restarting",
         "meaning": "The worker crashes shortly after start (database unreachable, migrations missing, bad "
         "configuration) and Docker restarts it again and again. Upstream's worker exits on every database error, so "
@@ -193,50 +229,62 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": "Read its log (`docker logs --tail 50 <container>`) and fix the cause named by the other "
         f"problems; then `{PLAY_SITE}`.",
     },
-    "worker_debug_command": {
+    codes.CODE_WORKER_DEBUG_COMMAND: {
         "severity": "error",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "The worker runs under the debugger (debugpy)",
         "meaning": "The development override is in use in production: slower jobs and an open debug port.",
         "detection": "The worker's command contains debugpy.",
         "remedy": "Remove docker-compose.override.local.yml from COMPOSE_FILE in .env, then "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_SITE}`.",
     },
-    "worker_command_wrong": {
+    codes.CODE_WORKER_COMMAND_WRONG: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "The worker does not run `manage.py dequeue`",
         "meaning": "The container is up but does not process jobs.",
         "detection": "The worker's entrypoint and command do not contain 'dequeue'.",
         "remedy": f"`{PLAY_SITE}` (qfc_worker restores `python manage.py dequeue`).",
     },
-    "worker_restart_policy": {
+    codes.CODE_WORKER_RESTART_POLICY: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_drift",),
+        "hidden_by": (),
         "summary": "The worker does not restart by itself",
         "meaning": "After a crash or a reboot, the worker stays down and sync stops.",
         "detection": "The worker's restart policy is not unless-stopped.",
         "remedy": f"`{PLAY_SITE}`, or set `restart: unless-stopped` and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_replicas_low": {
+    codes.CODE_WORKER_REPLICAS_LOW: {
         "severity": "error",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_count",),
+        "hidden_by": (),
         "summary": "Fewer worker replicas run than configured",
         "meaning": "Jobs are processed more slowly than the configuration intends.",
         "detection": "Running worker_wrapper containers < QFIELDCLOUD_WORKER_REPLICAS.",
         "remedy": f"`{PLAY_SITE}`, or `{COMPOSE} up -d --no-deps --scale worker_wrapper=<n> worker_wrapper`.",
     },
-    "worker_replicas_high": {
+    codes.CODE_WORKER_REPLICAS_HIGH: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_replica_count",),
+        "hidden_by": (),
         "summary": "More worker replicas run than configured",
         "meaning": "More jobs run at once than the host was sized for.",
         "detection": "Running worker_wrapper containers > QFIELDCLOUD_WORKER_REPLICAS.",
         "remedy": f"`{PLAY_SITE}` (scales down without stopping a replica that runs a job).",
     },
-    "worker_hand_started": {
+    codes.CODE_WORKER_HAND_STARTED: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_hand_started",),
+        "hidden_by": (),
         "summary": "A worker was started by hand outside compose",
         "meaning": "It lacks compose's environment and volumes, and the next `docker compose up` fights it. "
         "Critical when it lacks what jobs need (the /tmp hand-off of TMP_DIRECTORY, the named volumes): every job it "
@@ -247,9 +295,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "qfieldcloud_worker_remove_hand_started=false), or `docker stop -t 900 <container> && docker rm <container>` "
         f"and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "worker_timeout_empty": {
+    codes.CODE_WORKER_TIMEOUT_EMPTY: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_worker_timeout",),
+        "hidden_by": (),
         "summary": "QFIELDCLOUD_WORKER_TIMEOUT_S is empty: app and worker crash at start",
         "meaning": "From v26.24 the compose file passes QFIELDCLOUD_WORKER_TIMEOUT_S from .env; an .env kept from an "
         "older release leaves it empty, and app and worker fail to parse it ('invalid literal for int()').",
@@ -258,9 +308,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": "Set `QFIELDCLOUD_WORKER_TIMEOUT_S=600` (or the timeout you want) in .env, then "
         f"`{COMPOSE} up -d app worker_wrapper`.",
     },
-    "qgis_network_missing": {
+    codes.CODE_QGIS_NETWORK_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_job_network",),
+        "hidden_by": (),
         "summary": "The network for QGIS job containers does not exist",
         "meaning": "The worker starts each QGIS container on QFIELDCLOUD_DEFAULT_NETWORK; when that network does not "
         "exist every job fails with 'network ... not found'.",
@@ -268,9 +320,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": "Create it (`docker network create <name>`) or empty QFIELDCLOUD_DEFAULT_NETWORK in .env, then "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
-    "shared_environment_label": {
+    codes.CODE_SHARED_ENVIRONMENT_LABEL: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_shared_environment",),
+        "hidden_by": (),
         "summary": "Another QFieldCloud on this Docker engine has the same ENVIRONMENT: they kill each other's jobs",
         "meaning": "An idle worker removes every QGIS container labelled app=<ENVIRONMENT>_worker whose job it does "
         "not know; two projects with the same ENVIRONMENT on one engine remove each other's running job containers "
@@ -279,9 +333,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": "Give each instance its own ENVIRONMENT in .env (e.g. `ENVIRONMENT=production-<name>`), then "
         f"`{COMPOSE} up -d` in each project directory; or run them on separate Docker engines.",
     },
-    "qgis_image_missing": {
+    codes.CODE_QGIS_IMAGE_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_qgis_images",),
+        "hidden_by": (),
         "summary": "A QGIS image the worker needs is missing",
         "meaning": "Every job fails with 'pull access denied' (often after `docker system prune -a`). The qgis4 "
         "image is used only for projects on QGIS 4: when no project needs it, its absence is a warning.",
@@ -289,9 +345,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "QFIELDCLOUD_QGIS_IMAGE_NAME (default <project>-qgis3) is not present locally.",
         "remedy": f"`{COMPOSE} build qgis3` (and qgis4), or `{PLAY_SITE}` (the worker role builds missing images).",
     },
-    "queue_stalled": {
+    codes.CODE_QUEUE_STALLED: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_queue",),
+        "hidden_by": ("db", "queue"),
         "summary": "Claimable jobs wait longer than the threshold: nothing processes the queue",
         "meaning": "A pending job whose project has no running job and is not locked should be picked up within "
         "seconds; it is not.",
@@ -299,9 +357,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"Fix the worker problems listed beside this one; `{PLAY_SITE}` repairs the worker and proves "
         "sync with a probe job.",
     },
-    "jobs_overdue": {
+    codes.CODE_JOBS_OVERDUE: {
         "severity": "error",
         "blocks": "sync",
+        "detectors": ("problems._detect_queue",),
+        "hidden_by": ("db", "queue"),
         "summary": "Jobs are queued or started for longer than the job timeout",
         "meaning": "A stuck job blocks every later job of its project (sync is blocked for that project's "
         "users); the cron only fails 'started' ones.",
@@ -312,9 +372,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "(`docker ps --filter label=job_id=<id>`); upstream's cron fails a started job after the job timeout "
         f"(`{COMPOSE} exec app python manage.py runcrons`), never a queued one.",
     },
-    "jobs_orphaned": {
+    codes.CODE_JOBS_ORPHANED: {
         "severity": "error",
         "blocks": "sync",
+        "detectors": ("problems._detect_queue",),
+        "hidden_by": ("db", "queue", "logs"),
         "summary": "Jobs are queued or started by a worker process that no longer exists",
         "meaning": "The worker that claimed them died (Docker daemon or host restarted, container killed): a "
         "queued job blocks its project for ever, a started one until the cron fails it after the job timeout; a "
@@ -328,18 +390,22 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "job's deltas 'error'). Deltas set 'error' are applied again by an administrator: web admin, Deltas, filter "
         "the project and status 'error', 'Set status pending', then 'Apply selected deltas'.",
     },
-    "jobs_failing": {
+    codes.CODE_JOBS_FAILING: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_queue",),
+        "hidden_by": ("db", "queue"),
         "summary": "More jobs failed than finished in the last hour",
         "meaning": "The worker runs jobs but they fail (QGIS image, network, storage).",
         "detection": "failed jobs in the last hour > finished jobs in the last hour.",
         "remedy": "Read the feedback of a failed job (core_job.feedback) and the worker log; "
         f"`{PLAY_DIAGNOSE}` lists related problems.",
     },
-    "db_unreachable": {
+    codes.CODE_DB_UNREACHABLE: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_database",),
+        "hidden_by": ("db",),
         "summary": "The database cannot be reached",
         "meaning": "Neither app nor worker can work.",
         "detection": "A PostgreSQL connection to the app's POSTGRES_HOST/PORT fails (timeout, refused, unknown host), "
@@ -347,52 +413,64 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"Start the database (`{COMPOSE} up -d db` for the standalone setup) or check the external "
         f"database; `{PLAY_SITE}` starts the stack in order.",
     },
-    "db_auth_failed": {
+    codes.CODE_DB_AUTH_FAILED: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_database",),
+        "hidden_by": ("db",),
         "summary": "The database refuses the credentials",
         "meaning": "POSTGRES_USER/POSTGRES_PASSWORD do not match the database.",
         "detection": "PostgreSQL answers 'password authentication failed' or 'role ... does not exist'.",
         "remedy": "Make POSTGRES_USER/POSTGRES_PASSWORD in .env match the database, then "
         f"`{COMPOSE} up -d app worker_wrapper`.",
     },
-    "db_is_replica": {
+    codes.CODE_DB_IS_REPLICA: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_database",),
+        "hidden_by": ("db",),
         "summary": "The database is a read-only replica",
         "meaning": "The worker refuses to run jobs on a replica (pg_is_in_recovery()).",
         "detection": "SELECT pg_is_in_recovery() returns true, or the worker logs 'Expected `worker_wrapper` to "
         "be connected to the master DB node!'.",
         "remedy": "Point POSTGRES_HOST at the primary, or promote the server (`pg_ctl promote`).",
     },
-    "migrations_missing": {
+    codes.CODE_MIGRATIONS_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_database", "problems._detect_log_signs"),
+        "hidden_by": ("db",),
         "summary": "The database has no QFieldCloud tables (migrations not applied)",
         "meaning": "The worker loops on 'relation \"...\" does not exist'.",
         "detection": "core_job or the project table does not exist, or django_migrations is empty.",
         "remedy": f"`{COMPOSE} exec app python manage.py migrate`.",
     },
-    "app_unreachable": {
+    codes.CODE_APP_UNREACHABLE: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_app",),
+        "hidden_by": ("app",),
         "summary": "The app's status endpoint does not answer",
         "meaning": "QField cannot reach the API: no upload, no sync.",
         "detection": "GET /api/v1/status/ fails (connection refused, timeout, closed).",
         "remedy": f"`{COMPOSE} up -d app nginx`, or `{PLAY_SITE}`; behind nginx the Host header must equal "
         "QFIELDCLOUD_HOST (app_host_header).",
     },
-    "app_status_not_ok": {
+    codes.CODE_APP_STATUS_NOT_OK: {
         "severity": "critical",
         "blocks": "sync",
+        "detectors": ("problems._detect_app",),
+        "hidden_by": ("app",),
         "summary": "The app's status endpoint reports a failing component",
         "meaning": "The app cannot use its database or storage.",
         "detection": "GET /api/v1/status/ does not return 200 with every component 'ok'.",
         "remedy": "Fix the component reported (database, storage); `docker logs <app container>` shows the error.",
     },
-    "nginx_host_mismatch": {
+    codes.CODE_NGINX_HOST_MISMATCH: {
         "severity": "critical",
         "blocks": "client",
+        "detectors": ("problems._detect_client",),
+        "hidden_by": ("app", "client"),
         "summary": "nginx does not serve the QFIELDCLOUD_HOST that QField users enter",
         "meaning": "QFIELDCLOUD_HOST in .env was changed but nginx still runs with the old name (`docker compose "
         "restart` does not read .env again): nginx closes every connection whose Host header is the new name "
@@ -403,9 +481,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"Recreate nginx and app so that they read .env again: `{COMPOSE} up -d --no-deps nginx app`, then "
         f"`{COMPOSE} restart ofelia`; or set QFIELDCLOUD_HOST in .env back to the name nginx serves.",
     },
-    "client_url_unreachable": {
+    codes.CODE_CLIENT_URL_UNREACHABLE: {
         "severity": "error",
         "blocks": "client",
+        "detectors": ("problems._detect_client",),
+        "hidden_by": ("app", "client"),
         "summary": "The server URL QField users enter does not answer",
         "meaning": "The app answers on the container network, but not at the address devices use: QField cannot "
         "log in or sync.",
@@ -416,9 +496,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         f"(`{COMPOSE} up -d --no-deps nginx app`); check that nginx publishes 80/443 (WEB_HTTP_PORT, "
         f"WEB_HTTPS_PORT); `{PLAY_DIAGNOSE}` prints the URL to enter.",
     },
-    "client_host_local": {
+    codes.CODE_CLIENT_HOST_LOCAL: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_client",),
+        "hidden_by": ("app", "client"),
         "summary": "QFIELDCLOUD_HOST is a local name that QField devices cannot reach",
         "meaning": "localhost or 127.0.0.1 works on the server itself only: a phone or tablet that enters it "
         "talks to itself, and links the server generates point nowhere.",
@@ -426,9 +508,11 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": "Set QFIELDCLOUD_HOST in .env to the server's DNS name or LAN address, then "
         f"`{COMPOSE} up -d --no-deps nginx app` and `{COMPOSE} restart ofelia`.",
     },
-    "cron_not_running": {
+    codes.CODE_CRON_NOT_RUNNING: {
         "severity": "error",
         "blocks": "none",
+        "detectors": ("problems._detect_cron",),
+        "hidden_by": ("cron",),
         "summary": "The QFieldCloud cron is not running its jobs",
         "meaning": "Stuck jobs are never set failed and later jobs of their project wait for ever; expired "
         "data is never cleaned. Jobs still run: it never blocks sync. A project that defines no cron runner (no "
@@ -438,19 +522,96 @@ CATALOGUE: dict[str, dict[str, str]] = {
         "remedy": f"`{COMPOSE} up -d ofelia` (or `{COMPOSE} restart ofelia`), or `{PLAY_SITE}`; without "
         f"ofelia, run `{COMPOSE} exec -T app python manage.py runcrons` every minute from the host's cron.",
     },
-    "orphan_job_containers": {
+    codes.CODE_ORPHAN_JOB_CONTAINERS: {
         "severity": "warning",
         "blocks": "none",
+        "detectors": ("problems._detect_orphans",),
+        "hidden_by": ("orphans",),
         "summary": "QGIS job containers of this project are left over",
         "meaning": "Containers of jobs that are no longer queued/started (or whose worker is gone) use resources.",
         "detection": "Containers labelled app=<ENVIRONMENT>_worker with a job_id, on the project's network or "
         "image, that are exited or whose job is finished.",
         "remedy": f"`docker rm -f <container>`, or `{PLAY_MAINT}` (prunes them safely).",
     },
+    # Raised by qfc_worker only (drift items and failures), and by the drift report for the verify role.
+    codes.CODE_WORKER_CONFIG_NOT_PERSISTENT: {
+        "severity": "warning",
+        "blocks": "none",
+        "detectors": ("worker_plan.plan",),
+        "hidden_by": (),
+        "summary": "The worker's configuration is not held by the collection's override file (a later compose up "
+        "may undo it)",
+        "meaning": "qfc_worker keeps what the worker needs (user root, the Docker socket, its network, POSTGRES_HOST, "
+        "the dequeue command, the restart policy, no published port, the replica count) in its compose override "
+        "file, the last entry of COMPOSE_FILE in .env. Without it a worker that is right now is right only until "
+        "the next `docker compose up`, which recreates it from the project's files alone and may bring the "
+        "faults back. Jobs run meanwhile.",
+        "detection": "qfc_worker (compose mode) finds its override file (docker-compose.override.fibreflow-worker.yml "
+        "by default) missing, different from what it would write, or not the last entry of COMPOSE_FILE in .env.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker writes the override and puts it last in COMPOSE_FILE, keeping a copy of "
+        ".env); keep that file and its COMPOSE_FILE entry when editing .env.",
+    },
+    codes.CODE_WORKER_SHOULD_BE_STOPPED: {
+        "severity": "warning",
+        "blocks": "none",
+        "detectors": ("worker_plan.plan",),
+        "hidden_by": (),
+        "summary": "A worker replica runs although the worker should be stopped",
+        "meaning": "qfc_worker was asked for state stopped (qfieldcloud_worker_state: stopped) and a replica still "
+        "runs and claims jobs. Sync goes on; the stop, usually for maintenance, has not happened yet.",
+        "detection": "qfc_worker with state stopped finds a running replica (compose or standalone) among those it "
+        "manages.",
+        "remedy": f"Run the play again with the worker stopped (`{PLAY_SITE} -e qfieldcloud_worker_state=stopped`): "
+        "qfc_worker drains the replica (waits for its job), then stops it.",
+    },
+    codes.CODE_DRAIN_TIMEOUT: {
+        "severity": "warning",
+        "blocks": "none",
+        "detectors": ("drain.drain",),
+        "hidden_by": (),
+        "summary": "A worker replica still ran a job when drain_timeout ran out: nothing was stopped or recreated",
+        "meaning": "Before it stops, recreates or removes a replica, qfc_worker waits until that replica holds no "
+        "queued or started job. The wait ran out: the module failed and changed nothing, so the busy worker goes on "
+        "with its job, and whatever it was to fix (the drift it reported) is still there.",
+        "detection": "qfc_worker's drain: after drain_timeout seconds a replica's last 'Dequeued job' of its current "
+        "process is still queued or started in the database (or, when the database cannot be read, a QGIS job "
+        "container with that job_id runs). The task fails with code drain_timeout and option drain_timeout.",
+        "remedy": "Wait for the job to finish (or fail it), then run again; or raise drain_timeout "
+        f"(qfieldcloud_worker_drain_timeout, `{PLAY_SITE} -e qfieldcloud_worker_drain_timeout=1800`).",
+    },
+    codes.CODE_VERIFY_FAILED: {
+        "severity": "critical",
+        "blocks": "sync",
+        "detectors": ("callback/drift_report.host_items",),
+        "hidden_by": (),
+        "summary": "The end-to-end sync probe did not succeed",
+        "meaning": "The verify role asked the status endpoint and, unless told not to, created a probe job as the "
+        "probe account and waited for it: one of these failed, so a job created now did not finish (or the API did "
+        "not answer).",
+        "detection": "The verify role's result record (roles/verify, `_qfieldcloud_verify_result`) has outcome "
+        "failed; the drift_report callback reports it under this code, with the role's error as the actual value.",
+        "remedy": f"`{PLAY_DIAGNOSE}` names what fails, each problem with its remedy; fix it, then `{PLAY_SITE}`.",
+    },
 }
 
 # Fields of the catalogue rendered in docs/problems.md.
 DOC_FIELDS = ("severity", "summary", "meaning", "detection", "remedy")
+# The prefix of the detectors in this module: their codes are the ones qfc_sync_facts can report.
+FACTS_DETECTOR = "problems."
+
+
+def raised_by_facts(code: str) -> bool:
+    """Whether :func:`detect_problems` (so qfc_sync_facts) can raise ``code``: a detector of it is in this module."""
+    return any(name.startswith(FACTS_DETECTOR) for name in (CATALOGUE.get(code) or {}).get("detectors") or ())
+
+
+# The codes qfc_sync_facts can report, in catalogue order (the others come from qfc_worker or the verify role).
+FACTS_CODES = tuple(code for code in CATALOGUE if raised_by_facts(code))
+
+
+def hidden_by(code: str) -> tuple[str, ...]:
+    """The ``skip`` options of qfc_sync_facts any one of which keeps it from looking for ``code``."""
+    return tuple((CATALOGUE.get(code) or {}).get("hidden_by") or ())
 
 
 def _context(facts: dict[str, Any]) -> dict[str, str]:
@@ -531,13 +692,13 @@ class _Collector:
 # The log signs (``stack.LOG_PATTERNS``) that explain a problem of a worker; None: any fault sign, else the
 # last lines of the log (a crash loop or a stopped worker whose log shows no known sign).
 LOG_SIGNS_OF = {
-    "worker_db_host_wrong": ("host_unresolved", "postgres_not_ready"),
-    "worker_wrong_network": ("network_not_found", "host_unresolved", "postgres_not_ready"),
-    "worker_socket_denied": ("socket_denied",),
-    "migrations_missing": ("relation_missing",),
-    "db_is_replica": ("replica_refused",),
-    "worker_crash_loop": None,
-    "worker_not_running": None,
+    codes.CODE_WORKER_DB_HOST_WRONG: ("host_unresolved", "postgres_not_ready"),
+    codes.CODE_WORKER_WRONG_NETWORK: ("network_not_found", "host_unresolved", "postgres_not_ready"),
+    codes.CODE_WORKER_SOCKET_DENIED: ("socket_denied",),
+    codes.CODE_MIGRATIONS_MISSING: ("relation_missing",),
+    codes.CODE_DB_IS_REPLICA: ("replica_refused",),
+    codes.CODE_WORKER_CRASH_LOOP: None,
+    codes.CODE_WORKER_NOT_RUNNING: None,
 }
 LOG_EVIDENCE_LINES = 20
 
@@ -593,203 +754,233 @@ def _workers(facts: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str
 
 
 def _detect_workers(facts: dict[str, Any], out: _Collector) -> None:
-    worker = facts.get("worker") or {}
+    """The worker's problems: its image, its replicas, hand-started workers, each replica, and what jobs need."""
+    _detect_worker_image(facts, out)
+    _detect_replica_count(facts, out)
+    _detect_hand_started(facts, out)
     replicas, hand = _workers(facts)
-    expected = int(worker.get("replicas_expected") or 0)
-    running_compose = [r for r in replicas if r.get("running")]
-    running_hand = [r for r in hand if r.get("running")]
-    crash_restarts = _threshold(facts, "crash_restarts", 3)
-
-    images = facts.get("images") or {}
-    worker_image = images.get("worker") or {}
-    if worker_image and worker_image.get("present") is False:
-        evidence = {"image": worker_image.get("name"), "resolved_from": worker_image.get("source")}
-        if running_compose or running_hand:
-            # The running worker goes on; only a recreation would fail.
-            out.add("worker_image_missing", evidence, severity="error", blocks="none")
-        else:
-            out.add("worker_image_missing", evidence)
-
-    if expected > 0 and not running_compose and not running_hand:
-        evidence: dict[str, Any] = {"replicas_expected": expected, "replicas_running": 0}
-        evidence["containers"] = [
-            _with_log({"name": r.get("name"), "state": r.get("state")}, r, "worker_not_running")
-            for r in replicas + hand
-        ]
-        out.add("worker_not_running", evidence)
-    elif running_compose or not running_hand:
-        for item in ws.replica_count_drift(len(running_compose), expected):
-            if item["code"] != codes.CODE_WORKER_NOT_RUNNING:
-                out.add(item["code"], {"replicas_expected": expected, "replicas_running": len(running_compose)})
-
-    if running_hand:
-        gaps = {r.get("name"): list(r.get("gaps") or []) for r in running_hand if r.get("breaks_jobs")}
-        evidence = {
-            "containers": [r.get("name") for r in running_hand],
-            "compose_replicas_running": len(running_compose),
-            "failed_last_hour": (facts.get("queue") or {}).get("failed_last_hour"),
-        }
-        if gaps:
-            out.add(
-                "worker_hand_started",
-                dict(evidence, lacks=gaps),
-                summary="A worker started by hand lacks what jobs need: every job it claims fails",
-                severity="critical",
-                blocks="sync",
-            )
-        elif running_compose:
-            out.add("worker_hand_started", evidence)
-        else:
-            out.add(
-                "worker_hand_started",
-                evidence,
-                summary="A worker started by hand runs instead of the compose worker",
-                severity="error",
-            )
-
-    healthy = [r for r in running_compose + running_hand if r.get("healthy_now", r.get("running"))]
-    # A stopped database container leaves Docker's DNS: the worker's "could not translate host name" then says the
-    # database is down (service_not_running), not that POSTGRES_HOST is wrong.
-    database = database_service(facts)
-    db_service = (facts.get("services") or {}).get(database) or {}
-    database_down = bool(db_service.get("present") and not db_service.get("running"))
+    running = [r for r in replicas + hand if r.get("running")]
+    healthy = [r for r in running if r.get("healthy_now", r.get("running"))]
     for rep in replicas + hand:
-        name = rep.get("name")
-        state = rep.get("state")
-        deaths = rep.get("recent_deaths")
-        window = _threshold(facts, "crash_window_s", 600)
-        exit_age = rep.get("last_exit_age_s")
-        # Restarted by its policy, and its previous process ended within the window: the events may have rotated
-        # out of Docker's bounded buffer on a busy engine, this stays.
-        died_recently = int(rep.get("restart_count") or 0) > 0 and exit_age is not None and exit_age <= window
-        up = rep.get("running") or state == "restarting"
-        looping = state == "restarting" or bool(
-            up
-            and not rep.get("healthy_now", False)
-            and ((deaths is not None and deaths >= crash_restarts) or died_recently)
-        )
-        if looping:
-            out.add(
-                "worker_crash_loop",
-                _with_log(
-                    {
-                        "container": name,
-                        "state": state,
-                        "deaths_in_window": deaths,
-                        "window_s": window,
-                        "last_exit_age_s": exit_age,
-                        "restart_count_lifetime": int(rep.get("restart_count") or 0),
-                    },
-                    rep,
-                    "worker_crash_loop",
-                ),
-                blocks="none" if healthy else "sync",
-            )
+        _detect_crash_loop(facts, rep, bool(healthy), out)
         if rep in hand and not rep.get("running"):
             # a stopped hand-started container does no harm; its configuration does not matter
             continue
-        for item in rep.get("drift") or []:
-            code = item.get("code")
-            if code == codes.CODE_WORKER_NOT_RUNNING or code not in CATALOGUE:
-                continue
-            out.add(
-                code,
-                _with_log(
-                    {
-                        "container": name,
-                        "field": item.get("field"),
-                        "expected": item.get("expected"),
-                        "actual": item.get("actual"),
-                    },
-                    rep,
-                    code,
-                ),
-            )
-        log = rep.get("log") or {}
-        if log.get("socket_denied"):
-            out.add(
-                "worker_socket_denied",
-                _with_log(
-                    {
-                        "container": name,
-                        "log_lines_matching": log["socket_denied"],
-                        "sign": "Permission denied on docker.sock",
-                    },
-                    rep,
-                    "worker_socket_denied",
-                ),
-            )
-        wrong_network = any(i.get("code") == codes.CODE_WORKER_WRONG_NETWORK for i in rep.get("drift") or [])
-        if log.get("host_unresolved") and not wrong_network and not database_down:
-            out.add(
-                "worker_db_host_wrong",
-                _with_log(
-                    {
-                        "container": name,
-                        "log_lines_matching": log["host_unresolved"],
-                        "sign": "could not translate host name",
-                    },
-                    rep,
-                    "worker_db_host_wrong",
-                ),
-            )
-        if log.get("relation_missing"):
-            out.add(
-                "migrations_missing",
-                _with_log(
-                    {
-                        "container": name,
-                        "log_lines_matching": log["relation_missing"],
-                        "sign": "relation does not exist",
-                    },
-                    rep,
-                    "migrations_missing",
-                ),
-            )
+        _detect_replica_drift(rep, out)
+        _detect_log_signs(facts, rep, out)
+    _detect_qgis_images(facts, out)
+    _detect_worker_timeout(facts, out)
+    _detect_job_network(facts, out)
+    _detect_shared_environment(facts, out)
 
-    qgis = images.get("qgis") or []
-    missing = [img for img in qgis if img.get("present") is False]
-    if missing:
-        needs_qgis4 = _qgis4_needed(facts)
-        evidence = {
-            "images": [{"variable": i.get("variable"), "name": i.get("name")} for i in missing],
-            "qgis4_projects": (facts.get("queue") or {}).get("qgis4_projects"),
-        }
-        if any(not is_qgis4_image(i) or needs_qgis4 for i in missing):
-            out.add("qgis_image_missing", evidence)
-        else:
-            out.add(
-                "qgis_image_missing",
-                evidence,
-                summary="The QGIS 4 image is missing; no project is known to use QGIS 4",
-                severity="warning",
-                blocks="none",
-            )
 
-    if (facts.get("worker_timeout") or {}).get("empty_in"):
-        signs = [r.get("name") for r in replicas if int((r.get("log") or {}).get("timeout_invalid") or 0)]
+def _detect_worker_image(facts: dict[str, Any], out: _Collector) -> None:
+    worker_image = (facts.get("images") or {}).get("worker") or {}
+    if not worker_image or worker_image.get("present") is not False:
+        return
+    replicas, hand = _workers(facts)
+    evidence = {"image": worker_image.get("name"), "resolved_from": worker_image.get("source")}
+    if any(r.get("running") for r in replicas + hand):
+        # The running worker goes on; only a recreation would fail.
+        out.add(codes.CODE_WORKER_IMAGE_MISSING, evidence, severity="error", blocks="none")
+    else:
+        out.add(codes.CODE_WORKER_IMAGE_MISSING, evidence)
+
+
+def _detect_replica_count(facts: dict[str, Any], out: _Collector) -> None:
+    replicas, hand = _workers(facts)
+    expected = int((facts.get("worker") or {}).get("replicas_expected") or 0)
+    running_compose = [r for r in replicas if r.get("running")]
+    running_hand = [r for r in hand if r.get("running")]
+    if expected > 0 and not running_compose and not running_hand:
+        evidence: dict[str, Any] = {"replicas_expected": expected, "replicas_running": 0}
+        evidence["containers"] = [
+            _with_log({"name": r.get("name"), "state": r.get("state")}, r, codes.CODE_WORKER_NOT_RUNNING)
+            for r in replicas + hand
+        ]
+        out.add(codes.CODE_WORKER_NOT_RUNNING, evidence)
+    elif running_compose or not running_hand:
+        for item in ws.replica_count_drift(len(running_compose), expected):
+            if item["code"] in (codes.CODE_WORKER_REPLICAS_LOW, codes.CODE_WORKER_REPLICAS_HIGH):
+                out.add(item["code"], {"replicas_expected": expected, "replicas_running": len(running_compose)})
+
+
+def _detect_hand_started(facts: dict[str, Any], out: _Collector) -> None:
+    replicas, hand = _workers(facts)
+    running_compose = [r for r in replicas if r.get("running")]
+    running_hand = [r for r in hand if r.get("running")]
+    if not running_hand:
+        return
+    gaps = {r.get("name"): list(r.get("gaps") or []) for r in running_hand if r.get("breaks_jobs")}
+    evidence = {
+        "containers": [r.get("name") for r in running_hand],
+        "compose_replicas_running": len(running_compose),
+        "failed_last_hour": (facts.get("queue") or {}).get("failed_last_hour"),
+    }
+    if gaps:
         out.add(
-            "worker_timeout_empty",
-            {"empty_in": facts["worker_timeout"]["empty_in"], "containers_with_parse_error": signs},
+            codes.CODE_WORKER_HAND_STARTED,
+            dict(evidence, lacks=gaps),
+            summary="A worker started by hand lacks what jobs need: every job it claims fails",
+            severity="critical",
+            blocks="sync",
         )
+    elif running_compose:
+        out.add(codes.CODE_WORKER_HAND_STARTED, evidence)
+    else:
+        out.add(
+            codes.CODE_WORKER_HAND_STARTED,
+            evidence,
+            summary="A worker started by hand runs instead of the compose worker",
+            severity="error",
+        )
+
+
+def _detect_crash_loop(facts: dict[str, Any], rep: dict[str, Any], any_healthy: bool, out: _Collector) -> None:
+    state = rep.get("state")
+    deaths = rep.get("recent_deaths")
+    window = _threshold(facts, "crash_window_s", 600)
+    exit_age = rep.get("last_exit_age_s")
+    # Restarted by its policy, and its previous process ended within the window: the events may have rotated
+    # out of Docker's bounded buffer on a busy engine, this stays.
+    died_recently = int(rep.get("restart_count") or 0) > 0 and exit_age is not None and exit_age <= window
+    up = rep.get("running") or state == "restarting"
+    looping = state == "restarting" or bool(
+        up
+        and not rep.get("healthy_now", False)
+        and ((deaths is not None and deaths >= _threshold(facts, "crash_restarts", 3)) or died_recently)
+    )
+    if not looping:
+        return
+    evidence = {
+        "container": rep.get("name"),
+        "state": state,
+        "deaths_in_window": deaths,
+        "window_s": window,
+        "last_exit_age_s": exit_age,
+        "restart_count_lifetime": int(rep.get("restart_count") or 0),
+    }
+    out.add(
+        codes.CODE_WORKER_CRASH_LOOP,
+        _with_log(evidence, rep, codes.CODE_WORKER_CRASH_LOOP),
+        blocks="none" if any_healthy else "sync",
+    )
+
+
+def _detect_replica_drift(rep: dict[str, Any], out: _Collector) -> None:
+    """Raise the drift ``worker_spec.worker_drift`` found on one replica (``rep["drift"]``), one problem per code."""
+    # worker_not_running, the other code of worker_drift, is judged over all replicas by _detect_replica_count.
+    raised = (
+        codes.CODE_WORKER_SOCKET_DENIED,
+        codes.CODE_WORKER_SOCKET_NOT_MOUNTED,
+        codes.CODE_WORKER_WRONG_NETWORK,
+        codes.CODE_WORKER_DB_HOST_WRONG,
+        codes.CODE_WORKER_PORT_PUBLISHED,
+        codes.CODE_WORKER_DEBUG_COMMAND,
+        codes.CODE_WORKER_COMMAND_WRONG,
+        codes.CODE_WORKER_RESTART_POLICY,
+        codes.CODE_WORKER_IMAGE_WRONG,
+        codes.CODE_WORKER_IMAGE_OUTDATED,
+    )
+    for item in rep.get("drift") or []:
+        code = item.get("code")
+        if code not in raised:
+            continue
+        evidence = {
+            "container": rep.get("name"),
+            "field": item.get("field"),
+            "expected": item.get("expected"),
+            "actual": item.get("actual"),
+        }
+        out.add(code, _with_log(evidence, rep, code))
+
+
+def _detect_log_signs(facts: dict[str, Any], rep: dict[str, Any], out: _Collector) -> None:
+    """Raise the problems the fault signs of one replica's log name (``stack.LOG_PATTERNS``)."""
+    name = rep.get("name")
+    log = rep.get("log") or {}
+    if log.get("socket_denied"):
+        evidence = {
+            "container": name,
+            "log_lines_matching": log["socket_denied"],
+            "sign": "Permission denied on docker.sock",
+        }
+        out.add(codes.CODE_WORKER_SOCKET_DENIED, _with_log(evidence, rep, codes.CODE_WORKER_SOCKET_DENIED))
+    # A stopped database container leaves Docker's DNS: the worker's "could not translate host name" then says the
+    # database is down (service_not_running), not that POSTGRES_HOST is wrong.
+    db_service = (facts.get("services") or {}).get(database_service(facts)) or {}
+    database_down = bool(db_service.get("present") and not db_service.get("running"))
+    wrong_network = any(i.get("code") == codes.CODE_WORKER_WRONG_NETWORK for i in rep.get("drift") or [])
+    if log.get("host_unresolved") and not wrong_network and not database_down:
+        evidence = {
+            "container": name,
+            "log_lines_matching": log["host_unresolved"],
+            "sign": "could not translate host name",
+        }
+        out.add(codes.CODE_WORKER_DB_HOST_WRONG, _with_log(evidence, rep, codes.CODE_WORKER_DB_HOST_WRONG))
+    if log.get("relation_missing"):
+        evidence = {
+            "container": name,
+            "log_lines_matching": log["relation_missing"],
+            "sign": "relation does not exist",
+        }
+        out.add(codes.CODE_MIGRATIONS_MISSING, _with_log(evidence, rep, codes.CODE_MIGRATIONS_MISSING))
+
+
+def _detect_qgis_images(facts: dict[str, Any], out: _Collector) -> None:
+    missing = [img for img in (facts.get("images") or {}).get("qgis") or [] if img.get("present") is False]
+    if not missing:
+        return
+    needs_qgis4 = _qgis4_needed(facts)
+    evidence = {
+        "images": [{"variable": i.get("variable"), "name": i.get("name")} for i in missing],
+        "qgis4_projects": (facts.get("queue") or {}).get("qgis4_projects"),
+    }
+    if any(not is_qgis4_image(i) or needs_qgis4 for i in missing):
+        out.add(codes.CODE_QGIS_IMAGE_MISSING, evidence)
+    else:
+        out.add(
+            codes.CODE_QGIS_IMAGE_MISSING,
+            evidence,
+            summary="The QGIS 4 image is missing; no project is known to use QGIS 4",
+            severity="warning",
+            blocks="none",
+        )
+
+
+def _detect_worker_timeout(facts: dict[str, Any], out: _Collector) -> None:
+    empty_in = (facts.get("worker_timeout") or {}).get("empty_in")
+    if not empty_in:
+        return
+    replicas, _hand = _workers(facts)
+    signs = [r.get("name") for r in replicas if int((r.get("log") or {}).get("timeout_invalid") or 0)]
+    out.add(codes.CODE_WORKER_TIMEOUT_EMPTY, {"empty_in": empty_in, "containers_with_parse_error": signs})
+
+
+def _detect_job_network(facts: dict[str, Any], out: _Collector) -> None:
     network = facts.get("job_network") or {}
     if network.get("exists") is False:
         out.add(
-            "qgis_network_missing",
+            codes.CODE_QGIS_NETWORK_MISSING,
             {"network": network.get("name"), "source": (facts.get("project") or {}).get("job_network_source")},
         )
+
+
+def _detect_shared_environment(facts: dict[str, Any], out: _Collector) -> None:
     shared = facts.get("shared_environment") or []
-    if shared:
-        out.add(
-            "shared_environment_label",
-            {
-                "environment": (facts.get("project") or {}).get("environment"),
-                "job_label": f"app={(facts.get('project') or {}).get('environment')}_worker",
-                "this_project": (facts.get("project") or {}).get("name"),
-                "other_projects": sorted({str(w.get("project")) for w in shared}),
-                "other_workers": sorted(str(w.get("name")) for w in shared),
-            },
-        )
+    if not shared:
+        return
+    project = facts.get("project") or {}
+    out.add(
+        codes.CODE_SHARED_ENVIRONMENT_LABEL,
+        {
+            "environment": project.get("environment"),
+            "job_label": f"app={project.get('environment')}_worker",
+            "this_project": project.get("name"),
+            "other_projects": sorted({str(w.get("project")) for w in shared}),
+            "other_workers": sorted(str(w.get("name")) for w in shared),
+        },
+    )
 
 
 def is_qgis4_image(image: dict[str, Any]) -> bool:
@@ -816,7 +1007,7 @@ def _detect_services(facts: dict[str, Any], out: _Collector) -> None:
         if name == database and "db" in skipped:
             continue
         if svc.get("present") and not svc.get("running"):
-            out.add("service_not_running", {"service": name, "state": svc.get("state")}, blocks=blocks[name])
+            out.add(codes.CODE_SERVICE_NOT_RUNNING, {"service": name, "state": svc.get("state")}, blocks=blocks[name])
 
 
 def _is_timeout(error: str | None) -> bool:
@@ -831,17 +1022,17 @@ def _detect_database(facts: dict[str, Any], out: _Collector) -> None:
         return
     where = {"host": db.get("host"), "port": db.get("port"), "database": db.get("name")}
     if not db.get("reachable"):
-        code = "db_auth_failed" if db.get("error_kind") == "auth" else "db_unreachable"
+        code = codes.CODE_DB_AUTH_FAILED if db.get("error_kind") == "auth" else codes.CODE_DB_UNREACHABLE
         out.add(code, dict(where, error=db.get("error")))
         return
     if db.get("error_kind") == "query" and _is_timeout(db.get("error")):
         # Connected, but the queue could not be read in time (a lock, an overloaded server): as blocking as down.
-        out.add("db_unreachable", dict(where, error=db.get("error"), slow=True))
+        out.add(codes.CODE_DB_UNREACHABLE, dict(where, error=db.get("error"), slow=True))
         return
     if db.get("in_recovery"):
-        out.add("db_is_replica", where)
+        out.add(codes.CODE_DB_IS_REPLICA, where)
     if db.get("tables_present") is False:
-        out.add("migrations_missing", dict(where, missing_tables=db.get("missing_tables") or []))
+        out.add(codes.CODE_MIGRATIONS_MISSING, dict(where, missing_tables=db.get("missing_tables") or []))
 
 
 def _log_silence(facts: dict[str, Any]) -> dict[str, Any]:
@@ -867,12 +1058,12 @@ def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
             "threshold_s": pending_age,
             "dequeued_lines_in_worker_logs": _log_silence(facts),
         }
-        out.add("queue_stalled", evidence)
+        out.add(codes.CODE_QUEUE_STALLED, evidence)
     overdue_q = int(queue.get("overdue_queued") or 0)
     overdue_s = int(queue.get("overdue_started") or 0)
     if overdue_q or overdue_s:
         out.add(
-            "jobs_overdue",
+            codes.CODE_JOBS_OVERDUE,
             {
                 "queued": overdue_q,
                 "started": overdue_s,
@@ -884,7 +1075,7 @@ def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
     if orphaned:
         jobs = [orphans_mod.summary(job) for job in orphaned]
         out.add(
-            "jobs_orphaned",
+            codes.CODE_JOBS_ORPHANED,
             {
                 "count": len(jobs),
                 "deltas_to_reapply": sum(job["deltas"] for job in jobs if job["recovery"] == "fail"),
@@ -895,7 +1086,7 @@ def _detect_queue(facts: dict[str, Any], out: _Collector) -> None:
     failed = int(queue.get("failed_last_hour") or 0)
     finished = int(queue.get("finished_last_hour") or 0)
     if failed and failed > finished:
-        out.add("jobs_failing", {"failed_last_hour": failed, "finished_last_hour": finished})
+        out.add(codes.CODE_JOBS_FAILING, {"failed_last_hour": failed, "finished_last_hour": finished})
 
 
 def find_orphaned_jobs(facts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -908,10 +1099,10 @@ def _detect_app(facts: dict[str, Any], out: _Collector) -> None:
     if not app.get("checked"):
         return
     if not app.get("reachable"):
-        out.add("app_unreachable", {"url": app.get("url"), "error": app.get("error")})
+        out.add(codes.CODE_APP_UNREACHABLE, {"url": app.get("url"), "error": app.get("error")})
     elif not app.get("ok"):
         out.add(
-            "app_status_not_ok",
+            codes.CODE_APP_STATUS_NOT_OK,
             {"url": app.get("url"), "http_status": app.get("http_status"), "status": app.get("status")},
         )
 
@@ -921,7 +1112,7 @@ def _detect_client(facts: dict[str, Any], out: _Collector) -> None:
     if not client.get("checked") or not client.get("host"):
         return
     if client.get("local_host"):
-        out.add("client_host_local", {"host": client.get("host"), "host_source": client.get("host_source")})
+        out.add(codes.CODE_CLIENT_HOST_LOCAL, {"host": client.get("host"), "host_source": client.get("host_source")})
     app = facts.get("app") or {}
     nginx = (facts.get("services") or {}).get("nginx") or {}
     if app.get("checked") and not app.get("reachable"):
@@ -940,9 +1131,9 @@ def _detect_client(facts: dict[str, Any], out: _Collector) -> None:
     nginx_host = client.get("nginx_host")
     if client.get("via") == "nginx" and nginx_host and nginx_host != client.get("host"):
         evidence.update(configured_host=client.get("host"), nginx_host=nginx_host)
-        out.add("nginx_host_mismatch", evidence)
+        out.add(codes.CODE_NGINX_HOST_MISMATCH, evidence)
     else:
-        out.add("client_url_unreachable", evidence)
+        out.add(codes.CODE_CLIENT_URL_UNREACHABLE, evidence)
 
 
 NO_CRON_RUNNER = "No cron runner is defined for this project, and the crons have not run lately"
@@ -970,20 +1161,20 @@ def _detect_cron(facts: dict[str, Any], out: _Collector) -> None:
         if up is not None and up <= max_age:
             return  # the runner (re)started lately: its first runs are still to come
         if not cron.get("ofelia_present"):
-            out.add("cron_not_running", evidence, summary=NO_CRON_RUNNER, severity="warning")
+            out.add(codes.CODE_CRON_NOT_RUNNING, evidence, summary=NO_CRON_RUNNER, severity="warning")
         else:
-            out.add("cron_not_running", evidence)
+            out.add(codes.CODE_CRON_NOT_RUNNING, evidence)
     elif cron.get("ofelia_present") is False:
-        out.add("cron_not_running", evidence, summary=NO_CRON_RUNNER, severity="warning")
+        out.add(codes.CODE_CRON_NOT_RUNNING, evidence, summary=NO_CRON_RUNNER, severity="warning")
     elif cron.get("ofelia_running") is False:
-        out.add("cron_not_running", evidence)
+        out.add(codes.CODE_CRON_NOT_RUNNING, evidence)
 
 
 def _detect_orphans(facts: dict[str, Any], out: _Collector) -> None:
     orphans = facts.get("orphan_job_containers") or []
     if orphans:
         out.add(
-            "orphan_job_containers",
+            codes.CODE_ORPHAN_JOB_CONTAINERS,
             {
                 "containers": [
                     {
@@ -1009,12 +1200,12 @@ def detect_problems(facts: dict[str, Any]) -> list[dict[str, Any]]:
     out = _Collector(facts)
     daemon = facts.get("daemon") or {}
     if daemon and daemon.get("reachable") is False:
-        out.add("docker_unreachable", {"docker_host": daemon.get("docker_host"), "error": daemon.get("error")})
+        out.add(codes.CODE_DOCKER_UNREACHABLE, {"docker_host": daemon.get("docker_host"), "error": daemon.get("error")})
     elif daemon:
         services = facts.get("services") or {}
         replicas, hand = _workers(facts)
         if not any(s.get("present") for s in services.values()) and not replicas and not hand:
-            out.add("stack_not_found", {"project": (facts.get("project") or {}).get("name")})
+            out.add(codes.CODE_STACK_NOT_FOUND, {"project": (facts.get("project") or {}).get("name")})
         else:
             _detect_services(facts, out)
             _detect_workers(facts, out)
@@ -1049,10 +1240,10 @@ def blocking_codes(problems: list[dict[str, Any]], what: str) -> list[str]:
 
 
 def catalogue_markdown() -> str:
-    """Render the catalogue as a Markdown table (code, severity, blocks, meaning, detection, fix)."""
+    """Render the catalogue as the Markdown table of docs/problems.md, one row per code."""
     lines = [
-        "| Code | Severity | Blocks | Meaning | Detection | Fix |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| Code | Severity | Blocks | Meaning | Detection | Fix | Raised by | Hidden by `skip` |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for code, entry in CATALOGUE.items():
         cells = [
@@ -1062,6 +1253,8 @@ def catalogue_markdown() -> str:
             f"**{entry['summary']}.** {entry['meaning']}",
             entry["detection"],
             entry["remedy"].replace("{project_dir}", "<project_dir>").replace("{network}", "<project>_default"),
+            ", ".join(f"`{name}`" for name in entry["detectors"]),
+            ", ".join(f"`{option}`" for option in entry["hidden_by"]) or "-",
         ]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"

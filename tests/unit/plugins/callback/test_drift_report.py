@@ -13,6 +13,7 @@ from builders import UNRESOLVED
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.callback import drift_report as dr
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import problems as pb
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import sync_facts
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import MASK, Redactor
 
 REPO = Path(__file__).resolve().parents[4]
@@ -124,6 +125,56 @@ def test_skipped_checks_do_not_judge_their_codes():
     assert not dr.covers(event, "app_status_not_ok")
     assert dr.covers(event, "worker_socket_denied")
     assert dr.covers(facts([]), "queue_stalled")
+
+
+def test_what_a_skip_hides_comes_from_the_catalogue():
+    for code, entry in pb.CATALOGUE.items():
+        if not pb.raised_by_facts(code):
+            continue
+        assert dr.covers(facts([]), code), code
+        for option in entry["hidden_by"]:
+            assert not dr.covers(facts([], skip=[option]), code), (code, option)
+        others = [option for option in sync_facts.CHECKS if option not in entry["hidden_by"]]
+        assert dr.covers(facts([], skip=others), code), code
+    # Without the worker's log no orphaned job is proven: such a call cannot say they are gone.
+    assert not dr.covers(facts([], skip=["logs"]), "jobs_orphaned")
+    assert dr.covers(facts([], skip=["logs"]), "worker_socket_denied")
+    # A code outside the catalogue is judged by any call, as before.
+    assert dr.covers(facts([], skip=["db"]), "some_future_code")
+
+
+def test_qfc_sync_facts_never_judges_the_codes_it_does_not_raise():
+    for code in ("worker_config_not_persistent", "worker_should_be_stopped", "drain_timeout", "verify_failed"):
+        assert not dr.covers(facts([]), code)
+    drift = {"replica": None, "field": "compose_override", "expected": "x", "actual": "missing"}
+    drift["code"] = "worker_config_not_persistent"
+    # qfc_worker failed: a later diagnosis, which never looks at the override, does not make it corrected.
+    events = {"qfc1": [facts([]), worker([drift], changed=True, failed=True), facts([], task="After")]}
+    item = report(events, check_mode=False)["hosts"]["qfc1"]["items"][0]
+    assert (item["code"], item["corrected"]) == ("worker_config_not_persistent", False)
+    events = {"qfc1": [facts([]), worker([drift]), facts([], task="After")]}
+    assert report(events, check_mode=False)["hosts"]["qfc1"]["items"][0]["corrected"] is True
+
+
+def test_items_take_severity_summary_and_remedy_from_the_one_catalogue():
+    drift = {"replica": "w-1", "field": "running", "expected": False, "actual": True}
+    drift["code"] = "worker_should_be_stopped"
+    verify = {
+        "kind": "verify",
+        "task": "Compose the result",
+        "role": "fibreflow.qfieldcloud.verify",
+        "action": "set_fact",
+        "changed": False,
+        "result": {"outcome": "failed", "error": "HTTP 502"},
+    }
+    items = {i["code"]: i for i in report({"qfc1": [facts([]), worker([drift]), verify]})["hosts"]["qfc1"]["items"]}
+    for code in ("worker_should_be_stopped", "verify_failed"):
+        entry = pb.CATALOGUE[code]
+        assert (items[code]["severity"], items[code]["summary"]) == (entry["severity"], entry["summary"])
+        assert items[code]["remedy"] == entry["remedy"]
+    unknown = dict(drift, code="some_future_code")
+    item = report({"qfc1": [facts([]), worker([unknown])]})["hosts"]["qfc1"]["items"][0]
+    assert (item["severity"], item["summary"], item["remedy"]) == ("error", "some future code", dr.DEFAULT_REMEDY)
 
 
 # ---------------------------------------------------------------------------------------------- assembling items
