@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive test-prometheus build changelog-lint demo clean
+	test-harness test-molecule test-disruptive test-prometheus build changelog-lint demo clean docs test-docs
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -56,6 +56,8 @@ help:
 	@echo 'make build             build the collection tarball and prove it installs offline'
 	@echo 'make changelog-lint    antsibull-changelog lint'
 	@echo 'make test-prometheus   promtool check rules and promtool test rules on the shipped alert rules'
+	@echo 'make docs              the documentation site (antsibull-docs, Sphinx) in tests/output/docs/html'
+	@echo 'make test-docs         make docs, then check that every plugin, role and guide has its page'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,12 +113,47 @@ get-pip-standin:
 	fi
 
 # ---------------------------------------------------------------------------------------------------------
+# documentation site
+
+DOCS_VENV := .venv-docs
+DOCS_REQUIREMENTS := requirements-docs.txt
+DOCS_SRC := $(OUTPUT)/docs/src
+DOCS_HTML := $(OUTPUT)/docs/html
+
+# The plugin and role pages come from the collection itself (antsibull-docs reads it through the collections/
+# link, as ansible-doc does); the guides are docs/*.md; the picture is drawn from docs/pictures/playbooks.dot.
+docs: collections-link
+	@start=$$EPOCHREALTIME
+	if [ ! -x $(DOCS_VENV)/bin/python ]; then $(PYTHON) -m venv $(DOCS_VENV); fi
+	wanted=$$(sha256sum $(DOCS_REQUIREMENTS) | cut -d' ' -f1)
+	if [ "$$(cat $(DOCS_VENV)/.requirements.sha256 2>/dev/null)" != "$$wanted" ]; then
+	  echo "docs: installing $(DOCS_REQUIREMENTS) into $(DOCS_VENV)/ (about a minute)"
+	  $(DOCS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(DOCS_REQUIREMENTS)
+	  echo "$$wanted" > $(DOCS_VENV)/.requirements.sha256
+	fi
+	dot -Tsvg docs/pictures/playbooks.dot -o docs/pictures/playbooks.svg
+	rm -rf $(DOCS_SRC) $(DOCS_HTML)
+	mkdir -p $(DOCS_SRC)/collection $(DOCS_SRC)/pictures
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/collections PATH=$(CURDIR)/$(DOCS_VENV)/bin:$$PATH \
+	  $(DOCS_VENV)/bin/antsibull-docs collection --use-current --squash-hierarchy \
+	  --dest-dir $(DOCS_SRC)/collection fibreflow.qfieldcloud
+	cp docs/site/conf.py docs/site/index.rst $(DOCS_SRC)/
+	cp docs/problems.md docs/field-guide.md docs/operations.md docs/reliability.md $(DOCS_SRC)/
+	cp docs/pictures/playbooks.svg $(DOCS_SRC)/pictures/
+	$(DOCS_VENV)/bin/sphinx-build -q -b html $(DOCS_SRC) $(DOCS_HTML)
+	pages=$$(find $(DOCS_HTML) -name '*.html' -not -path '*/_static/*' | wc -l)
+	echo "docs: $$pages pages in $(DOCS_HTML) in $(call elapsed,start)s"
+
+test-docs: docs
+	$(BIN)/pytest -q tests/docs
+
+# ---------------------------------------------------------------------------------------------------------
 # tests
 
 # Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
 test: setup
 	@failed=()
-	layers=(test-unit sanity lint build changelog-lint test-prometheus)
+	layers=(test-unit sanity lint build changelog-lint test-prometheus test-docs)
 	$(if $(call has_tests,tests/integration),layers+=(test-integration))
 	$(if $(call has_tests,tests/harness),layers+=(test-harness))
 	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
