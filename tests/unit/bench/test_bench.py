@@ -1,118 +1,25 @@
-"""The pure helpers of bench/bench.py: medians, ratios, and what it reads from ansible, /proc and EXPLAIN."""
+"""bench/bench.py, the entry point: --render-only writes the report of a raw file and needs nothing else."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import json
 
 import pytest
+import report
 
-BENCH_PY = Path(__file__).resolve().parents[3] / "bench" / "bench.py"
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+import bench
 
 
-RECAP = """
-PLAY RECAP *********************************************************************
-bnmain                     : ok=46   changed=0    unreachable=0    failed=0    skipped=18   rescued=0    ignored=0
-bnf2                       : ok=3    changed=1    unreachable=0    failed=1    skipped=1    rescued=0    ignored=0
-"""
-
-SITE_OUTPUT = """
-TASK [Diagnose before acting] **************************************************
-ok: [bnmain]
-
-TASK [Report the problems found (each is repaired or reported below)] **********
-ok: [bnmain] => (item=worker_hand_started) =>
-    msg: 'ERROR worker_hand_started: ...'
-ok: [bnmain] => (item=worker_restart_policy) =>
-    msg: 'WARNING worker_restart_policy: ...'
-
-TASK [fibreflow.qfieldcloud.startup : Validate] *********************************
-ok: [bnmain] => (item=not_a_problem) =>
-"""
+def test_render_only_writes_the_report_of_the_raw_file(results, tmp_path):
+    raw = tmp_path / "results.json"
+    raw.write_text(json.dumps(results))
+    out = tmp_path / "RESULTS.md"
+    assert bench.main(["--render-only", str(raw), "--output", str(out)]) == 0
+    assert out.read_text() == report.render(results)
 
 
-def test_median_and_ratio(bench):
-    assert bench.median([3.0, 1.0, 2.0]) == 2.0
-    assert bench.median([1.0, 2.0, 3.0, 10.0]) == 2.5
-    assert bench.median([]) is None
-    assert bench.ratio(5.0, 1.25) == 4.0
-    assert bench.ratio(1.0, 0) is None
-    assert bench.ratio(None, 1.0) is None
-
-
-def test_parse_recap(bench):
-    recap = bench.parse_recap(RECAP)
-    assert recap["bnmain"]["changed"] == 0
-    assert recap["bnmain"]["ok"] == 46
-    assert recap["bnf2"]["failed"] == 1
-    assert bench.parse_recap("no recap here") == {}
-
-
-def test_reported_problems_only_from_the_report_task(bench):
-    assert bench.reported_problems(SITE_OUTPUT) == ["worker_hand_started", "worker_restart_policy"]
-    assert bench.reported_problems("TASK [Something else]\nok: [h] => (item=x) =>") == []
-
-
-def test_seq_scans_in_order_without_duplicates(bench):
-    plan = """Result
-  CTE jobs
-    ->  Seq Scan on core_job  (cost=0.00..2540.05 rows=100005 width=72)
-  ->  Index Scan using core_job_status on core_job core_job_1
-  ->  Seq Scan on project_project p
-  ->  Seq Scan on core_job core_job_2"""
-    assert bench.seq_scans(plan) == ["core_job", "project_project"]
-    assert bench.seq_scans("Index Only Scan using core_delta_last_status on core_delta") == []
-
-
-def test_parse_stat_with_spaces_and_parentheses_in_the_name(bench):
-    assert bench.parse_stat("4242 (ansible-playbook) S 4000 4242 4242 0 -1") == (4242, 4000)
-    assert bench.parse_stat("77 (a (weird) name) R 1 77 77 0 -1") == (77, 1)
-
-
-def test_parse_pss(bench):
-    rollup = "55d0-7ffe ---p 00000000 00:00 0 [rollup]\nRss:  51200 kB\nPss:  20480 kB\nPss_Anon: 100 kB\n"
-    assert bench.parse_pss(rollup) == 20480 * 1024
-    assert bench.parse_pss("Rss: 1 kB\n") == 0
-
-
-def test_table(bench):
-    assert bench.table(["a", "b"], [[1, "2 s"]]) == ["| a | b |", "|---|---:|", "| 1 | 2 s |", ""]
-
-
-def test_parse_profile(bench):
-    output = """PLAY RECAP ***
-TASKS RECAP ********************************************************************
-Sunday 29 November 2026  05:49:43 +0000 (0:00:00.015)       0:00:10.240 *******
-===============================================================================
-fibreflow.qfieldcloud.verify : Wait until the worker finishes the probe job --- 2.93s
-Diagnose before acting -------------------------------------------------- 0.53s
-"""
-    assert bench.parse_profile(output) == [
-        ("fibreflow.qfieldcloud.verify : Wait until the worker finishes the probe job", 2.93),
-        ("Diagnose before acting", 0.53),
-    ]
-    assert bench.parse_profile("no profile") == []
-
-
-def test_plan_notes_name_the_materialised_cte_and_the_text_cast(bench):
-    plan = """Result  (actual time=151.768..151.792 rows=1 loops=1)
-  Buffers: shared hit=1557, temp read=4936 written=1320
-  CTE jobs
-    ->  Seq Scan on core_job  (cost=0.00..2540.05 rows=100005 width=72)
-  ->  CTE Scan on jobs j
-  ->  CTE Scan on jobs jobs_2
-          Filter: ((id)::text = ANY ('{}'::text[]))"""
-    notes = " ".join(bench.plan_notes(plan))
-    assert "`jobs`" in notes
-    assert "referenced 2 times" in notes
-    assert "temp read=4936" in notes
-    assert "uuid[]" in notes
-    assert bench.plan_notes("Index Scan using core_job_status on core_job") == []
+def test_a_prefix_that_is_not_the_benchs_own_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--prefix", "ff", "--steps", "1"])
+    assert exc.value.code == 2
+    assert "--prefix must start with bn" in capsys.readouterr().err
