@@ -17,7 +17,12 @@ import time
 from typing import Any
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import CATALOGUE, client_ready, sync_ready
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.problems import (
+    CATALOGUE,
+    FACTS_CODES,
+    client_ready,
+    sync_ready,
+)
 
 PREFIX = "qfieldcloud"
 TIMESTAMP_METRIC = f"{PREFIX}_sync_facts_timestamp_seconds"
@@ -73,8 +78,8 @@ def render_metrics(facts: dict[str, Any], problems: list[dict[str, Any]], now: f
         "problem",
         "1 when the problem code is present (catalogue: docs/problems.md)",
         [
-            (dict(base, code=code, severity=found.get(code, entry["severity"])), code in found)
-            for code, entry in CATALOGUE.items()
+            (dict(base, code=code, severity=found.get(code, CATALOGUE[code]["severity"])), code in found)
+            for code in FACTS_CODES
         ],
     )
     daemon = facts.get("daemon") or {}
