@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive test-prometheus build changelog-lint demo clean docs test-docs
+	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo clean docs test-docs release-venv test-importer
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -51,6 +51,7 @@ help:
 	@echo 'make sanity            ansible-test sanity --local on a copy of the tree'
 	@echo 'make lint              ansible-lint --profile production (roles, playbooks) and ruff'
 	@echo 'make test-integration  pytest tests/integration (real Docker engine)'
+	@echo 'make test-order        the integration suite reversed, from a clone of HEAD in a deep temporary path'
 	@echo 'make test-harness      pytest tests/harness (the stand-in QFieldCloud)'
 	@echo 'make test-molecule     every molecule scenario, with a throw-away ANSIBLE_HOME'
 	@echo 'make build             build the collection tarball and prove it installs offline'
@@ -58,6 +59,7 @@ help:
 	@echo 'make test-prometheus   promtool check rules and promtool test rules on the shipped alert rules'
 	@echo 'make docs              the documentation site (antsibull-docs, Sphinx) in tests/output/docs/html'
 	@echo 'make test-docs         make docs, then check that every plugin, role and guide has its page'
+	@echo 'make test-importer     galaxy-importer on the built tarball; fails on any warning'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,37 +117,58 @@ get-pip-standin:
 # ---------------------------------------------------------------------------------------------------------
 # documentation site
 
-DOCS_VENV := .venv-docs
-DOCS_REQUIREMENTS := requirements-docs.txt
+RELEASE_VENV := .venv-release
+RELEASE_REQUIREMENTS := requirements-release.txt
 DOCS_SRC := $(OUTPUT)/docs/src
 DOCS_HTML := $(OUTPUT)/docs/html
 
+# The documentation and release tools live in their own venv, built from PyPI on first use.
+release-venv:
+	@if [ ! -x $(RELEASE_VENV)/bin/python ]; then $(PYTHON) -m venv $(RELEASE_VENV); fi
+	wanted=$$(sha256sum $(RELEASE_REQUIREMENTS) | cut -d' ' -f1)
+	if [ "$$(cat $(RELEASE_VENV)/.requirements.sha256 2>/dev/null)" != "$$wanted" ]; then
+	  echo "setup: installing $(RELEASE_REQUIREMENTS) into $(RELEASE_VENV)/ (about a minute)"
+	  $(RELEASE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(RELEASE_REQUIREMENTS)
+	  echo "$$wanted" > $(RELEASE_VENV)/.requirements.sha256
+	fi
+
 # The plugin and role pages come from the collection itself (antsibull-docs reads it through the collections/
 # link, as ansible-doc does); the guides are docs/*.md; the picture is drawn from docs/pictures/playbooks.dot.
-docs: collections-link
+docs: collections-link release-venv
 	@start=$$EPOCHREALTIME
-	if [ ! -x $(DOCS_VENV)/bin/python ]; then $(PYTHON) -m venv $(DOCS_VENV); fi
-	wanted=$$(sha256sum $(DOCS_REQUIREMENTS) | cut -d' ' -f1)
-	if [ "$$(cat $(DOCS_VENV)/.requirements.sha256 2>/dev/null)" != "$$wanted" ]; then
-	  echo "docs: installing $(DOCS_REQUIREMENTS) into $(DOCS_VENV)/ (about a minute)"
-	  $(DOCS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r $(DOCS_REQUIREMENTS)
-	  echo "$$wanted" > $(DOCS_VENV)/.requirements.sha256
-	fi
 	dot -Tsvg docs/pictures/playbooks.dot -o docs/pictures/playbooks.svg
 	rm -rf $(DOCS_SRC) $(DOCS_HTML)
 	mkdir -p $(DOCS_SRC)/collection $(DOCS_SRC)/pictures
-	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/collections PATH=$(CURDIR)/$(DOCS_VENV)/bin:$$PATH \
-	  $(DOCS_VENV)/bin/antsibull-docs collection --use-current --squash-hierarchy \
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/collections PATH=$(CURDIR)/$(RELEASE_VENV)/bin:$$PATH \
+	  $(RELEASE_VENV)/bin/antsibull-docs collection --use-current --squash-hierarchy \
 	  --dest-dir $(DOCS_SRC)/collection fibreflow.qfieldcloud
 	cp docs/site/conf.py docs/site/index.rst $(DOCS_SRC)/
 	cp docs/problems.md docs/field-guide.md docs/operations.md docs/reliability.md $(DOCS_SRC)/
 	cp docs/pictures/playbooks.svg $(DOCS_SRC)/pictures/
-	$(DOCS_VENV)/bin/sphinx-build -q -b html $(DOCS_SRC) $(DOCS_HTML)
+	$(RELEASE_VENV)/bin/sphinx-build -q -b html $(DOCS_SRC) $(DOCS_HTML)
 	pages=$$(find $(DOCS_HTML) -name '*.html' -not -path '*/_static/*' | wc -l)
 	echo "docs: $$pages pages in $(DOCS_HTML) in $(call elapsed,start)s"
 
 test-docs: docs
 	$(BIN)/pytest -q tests/docs
+
+# galaxy-importer, Galaxy's own checks, on the tarball `make build` made (ansible-test off: it wants a
+# container). Its ansible-lint resolves community.docker from the ansible package in .venv/, as on Galaxy where
+# the dependencies are installed. Any WARNING or ERROR line fails.
+test-importer: release-venv build
+	@version=$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')
+	cfg=$$(mktemp)
+	trap 'rm -f "$$cfg"' EXIT
+	printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nRUN_ANSIBLE_LINT = True\n' > "$$cfg"
+	deps=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+	status=0
+	out=$$(GALAXY_IMPORTER_CONFIG=$$cfg ANSIBLE_COLLECTIONS_PATH=$$deps PATH=$(CURDIR)/$(RELEASE_VENV)/bin:$$PATH \
+	  $(RELEASE_VENV)/bin/python -m galaxy_importer.main $(OUTPUT)/build/fibreflow-qfieldcloud-$$version.tar.gz \
+	  2>&1) || status=$$?
+	grep -v '^Loading ' <<< "$$out" || true
+	if [ "$$status" -ne 0 ] || grep -qE '^(WARNING|ERROR)' <<< "$$out"; then
+	  echo "test-importer: galaxy-importer failed (exit $$status) or warned" >&2; exit 1
+	fi
 
 # ---------------------------------------------------------------------------------------------------------
 # tests
@@ -153,7 +176,7 @@ test-docs: docs
 # Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
 test: setup
 	@failed=()
-	layers=(test-unit sanity lint build changelog-lint test-prometheus test-docs)
+	layers=(test-unit sanity lint build changelog-lint test-prometheus test-docs test-importer)
 	$(if $(call has_tests,tests/integration),layers+=(test-integration))
 	$(if $(call has_tests,tests/harness),layers+=(test-harness))
 	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
@@ -184,9 +207,32 @@ XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile
 test-integration:
 	$(BIN)/pytest $(XDIST) --durations=15 -m "not disruptive" tests/integration
 
-# Restarts the Docker daemon: the last layer of `make test`, alone on the engine.
+# Restarts the Docker daemon: the last layer of `make test`, alone on the engine. Tests are ordered by this marker,
+# never by file name: tests/conftest.py also puts disruptive tests after all others in any session.
 test-disruptive:
 	$(BIN)/pytest -m disruptive tests/integration
+
+# The integration suite where nothing is as in this checkout: a fresh clone of HEAD (committed files only: commit
+# first) in a deep temporary directory, so that every path in ansible's output is longer (messages wrap elsewhere),
+# with the tests run last to first (--test-order in tests/conftest.py: files reversed, and the tests of each file).
+# A test that needs an earlier one of its file, or a phrase that only fits on one line here, fails there.
+# It reuses this checkout's .venv (nothing is installed; the clone gets its own collections/ link), leaves the
+# disruptive layer out like test-integration, and removes the clone at the end.
+#   ORDER=random:SEED   a reproducible shuffle instead;  ORDER_TESTS=tests/integration/test_x.py   some files only
+ORDER ?= reversed
+ORDER_TESTS ?= tests/integration
+DEEP_PATH := a/very/deep/path/that/makes/every/line/of/ansible/output/longer/than/in/a/usual/checkout
+test-order:
+	@git diff --quiet HEAD -- . || echo "test-order: uncommitted changes are not tested: the clone is of HEAD" >&2
+	work=$$(mktemp -d "$${TMPDIR:-/tmp}/fibreflow-qfieldcloud-order.XXXXXX")
+	trap 'rm -rf "$$work"' EXIT
+	deep=$$work/$(DEEP_PATH)/qfieldcloud
+	git clone --quiet --no-hardlinks "$(CURDIR)" "$$deep"
+	cd "$$deep"
+	mkdir -p $(dir $(COLLECTION_LINK))
+	ln -s ../../.. $(COLLECTION_LINK)
+	echo "test-order: $(ORDER) order, HEAD $$(git rev-parse --short HEAD), from $$deep ($${#deep} characters)"
+	$(BIN)/pytest $(XDIST) -p no:cacheprovider --durations=15 -m "not disruptive" --test-order=$(ORDER) $(ORDER_TESTS)
 
 test-harness:
 	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n 3 --dist load) --durations=10 tests/harness
