@@ -82,6 +82,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The Docker daemon cannot be reached",
         "meaning": "Nothing about the stack can be known; on this host no QFieldCloud job can run without Docker.",
         "detection": "The Docker API (docker_host) does not answer a version request within the timeout.",
+        "evidence": "`docker_host` (the address tried), `error` (the daemon's or the socket's answer).",
         "remedy": "Start Docker (`systemctl start docker` or `dockerd &`), or point docker_host at the right "
         "socket (DOCKER_HOST).",
     },
@@ -93,6 +94,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "No container of the compose project was found",
         "meaning": "The project is not running on this host, or it has another name.",
         "detection": "No container carries the label com.docker.compose.project=<project>.",
+        "evidence": "`project` (the compose project name looked for).",
         "remedy": "Check project_name/project_dir (COMPOSE_PROJECT_NAME in .env); start the stack with "
         f"`{PLAY_SITE}` or `{COMPOSE} up -d`.",
     },
@@ -104,6 +106,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "A QFieldCloud service container is not running",
         "meaning": "One of app, db, memcached, nginx is stopped or missing: sync or its API is degraded.",
         "detection": "The service has a container of the project but none is running.",
+        "evidence": "`service`, `state` (the container's state: exited, restarting, created).",
         "remedy": f"`{PLAY_SITE}` (role fibreflow.qfieldcloud.startup starts services in order), or "
         f"`{COMPOSE} up -d <service>`.",
     },
@@ -116,6 +119,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "Nothing dequeues jobs. QField shows 'applying the latest uploaded changes' for ever.",
         "detection": "No running container of the worker_wrapper service (nor a hand-started worker) while "
         "QFIELDCLOUD_WORKER_REPLICAS > 0.",
+        "evidence": "`replicas_expected`, `replicas_running`, `containers` (each stopped worker with its state, "
+        "exit code and the last lines of its log).",
         "remedy": f"`{PLAY_SITE}` (role fibreflow.qfieldcloud.worker), or `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     codes.CODE_WORKER_IMAGE_MISSING: {
@@ -129,6 +134,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "runs; otherwise the running worker goes on, but cannot be recreated.",
         "detection": "No local image of the name the worker's compose service resolves to (the existing container's "
         "image reference, else `image:` in the compose files, else <project>-worker_wrapper or the v1 name).",
+        "evidence": "`image` (the name looked for), `resolved_from` (the container, `image:` in compose, or the "
+        "local build name).",
         "remedy": f"For a local build `{COMPOSE} build worker_wrapper` (10-15 min), or `{PLAY_SITE}` (the worker role "
         f"builds missing images); for a prebuilt image (`image:` in compose) `{COMPOSE} pull worker_wrapper`.",
     },
@@ -141,6 +148,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "The worker was started from another image; job handling may not match the app's version.",
         "detection": "The container's image is neither the image its compose service resolves to (a prebuilt "
         "`image:` or the local build <project>-worker_wrapper) nor that image's id.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs).",
         "remedy": f"`{PLAY_SITE}` (module fibreflow.qfieldcloud.qfc_worker recreates it from the built image).",
     },
     codes.CODE_WORKER_IMAGE_OUTDATED: {
@@ -152,6 +160,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "The image was rebuilt but the worker was not recreated: app, worker and QGIS versions may "
         "differ and break process_projectfile.",
         "detection": "The worker container's image id differs from the id of the image <project>-worker_wrapper.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); "
+        "`expected` is the id of the current build.",
         "remedy": f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_MAINT}` (restarts it without killing jobs).",
     },
     codes.CODE_WORKER_SOCKET_DENIED: {
@@ -164,6 +174,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "/var/run/docker.sock and cannot start QGIS job containers.",
         "detection": "The worker's user is not root (0, root, 0:0), or its log shows 'Permission denied' on the "
         "Docker socket.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); with "
+        "a worker log, `sign` and `log_lines_matching` (the lines that show it, redacted).",
         "remedy": f"`{PLAY_SITE}` (qfc_worker enforces user root in its compose override), or set `user: root` "
         f"on worker_wrapper and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
@@ -175,6 +187,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The Docker socket is not mounted read-write in the worker",
         "meaning": "The worker cannot start QGIS job containers.",
         "detection": "No read-write bind mount of /var/run/docker.sock in the worker container.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs).",
         "remedy": f"`{PLAY_SITE}`, or add `/var/run/docker.sock:/var/run/docker.sock` to the worker's volumes and "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
@@ -187,6 +200,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "The worker waits 'Postgres isn't ready' for 30 s, then crashes and restarts: no job runs.",
         "detection": "POSTGRES_HOST of the worker differs from the app's, or its log shows 'could not translate "
         "host name'.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); with "
+        "a worker log, `sign` and `log_lines_matching` (the lines that show it, redacted).",
         "remedy": f"`{PLAY_SITE}` (qfc_worker sets POSTGRES_HOST to the app's database host), or fix POSTGRES_HOST "
         f"in .env and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
@@ -199,6 +214,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "Usually the development override's debugpy port 5679: a debugger open to the network, and "
         "more than one replica cannot start (port already allocated).",
         "detection": "The worker container has host port bindings.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); "
+        "`actual` lists the published ports.",
         "remedy": "Remove docker-compose.override.local.yml from COMPOSE_FILE in .env and "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_SITE}`.",
     },
@@ -212,6 +229,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "detection": "The database container (the compose service POSTGRES_HOST names) is on none of the "
         "worker's networks, so POSTGRES_HOST does not resolve there. QFIELDCLOUD_DEFAULT_NETWORK is the QGIS job "
         "containers' network and is not required on the worker.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); "
+        "`actual` lists the container's networks.",
         "remedy": f"`{PLAY_SITE}` (qfc_worker attaches it to the network it shares with the database, normally "
         f"{{network}}), or fix the worker's networks and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
@@ -226,6 +245,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "a lifetime restart count says nothing: only recent restarts count. Blocks sync when no replica is healthy.",
         "detection": "The worker is 'restarting' now, or it died at least crash_restarts times within the last "
         "crash_window seconds (Docker events) and its current process is not in a healthy dequeue loop.",
+        "evidence": "`container`, `state`, `deaths_in_window` within `window_s`, `restart_count_lifetime`, "
+        "`last_exit_age_s`, and the worker's fault lines as `log`.",
         "remedy": "Read its log (`docker logs --tail 50 <container>`) and fix the cause named by the other "
         f"problems; then `{PLAY_SITE}`.",
     },
@@ -237,6 +258,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The worker runs under the debugger (debugpy)",
         "meaning": "The development override is in use in production: slower jobs and an open debug port.",
         "detection": "The worker's command contains debugpy.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs).",
         "remedy": "Remove docker-compose.override.local.yml from COMPOSE_FILE in .env, then "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`, or `{PLAY_SITE}`.",
     },
@@ -248,6 +270,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The worker does not run `manage.py dequeue`",
         "meaning": "The container is up but does not process jobs.",
         "detection": "The worker's entrypoint and command do not contain 'dequeue'.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs).",
         "remedy": f"`{PLAY_SITE}` (qfc_worker restores `python manage.py dequeue`).",
     },
     codes.CODE_WORKER_RESTART_POLICY: {
@@ -258,6 +281,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The worker does not restart by itself",
         "meaning": "After a crash or a reboot, the worker stays down and sync stops.",
         "detection": "The worker's restart policy is not unless-stopped.",
+        "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs).",
         "remedy": f"`{PLAY_SITE}`, or set `restart: unless-stopped` and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     codes.CODE_WORKER_REPLICAS_LOW: {
@@ -268,6 +292,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "Fewer worker replicas run than configured",
         "meaning": "Jobs are processed more slowly than the configuration intends.",
         "detection": "Running worker_wrapper containers < QFIELDCLOUD_WORKER_REPLICAS.",
+        "evidence": "`replicas_expected`, `replicas_running`.",
         "remedy": f"`{PLAY_SITE}`, or `{COMPOSE} up -d --no-deps --scale worker_wrapper=<n> worker_wrapper`.",
     },
     codes.CODE_WORKER_REPLICAS_HIGH: {
@@ -278,6 +303,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "More worker replicas run than configured",
         "meaning": "More jobs run at once than the host was sized for.",
         "detection": "Running worker_wrapper containers > QFIELDCLOUD_WORKER_REPLICAS.",
+        "evidence": "`replicas_expected`, `replicas_running`.",
         "remedy": f"`{PLAY_SITE}` (scales down without stopping a replica that runs a job).",
     },
     codes.CODE_WORKER_HAND_STARTED: {
@@ -291,6 +317,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "claims fails; error when it runs instead of the compose worker.",
         "detection": "A container not from compose runs the image <project>-worker_wrapper, is named "
         "qfieldcloud-worker*, or runs `manage.py dequeue` on the project network.",
+        "evidence": "`containers` (each hand-started worker with its drift and what it lacks), "
+        "`compose_replicas_running`, `failed_last_hour`.",
         "remedy": f"`{PLAY_SITE}` (retires it once it holds no job, unless "
         "qfieldcloud_worker_remove_hand_started=false), or `docker stop -t 900 <container> && docker rm <container>` "
         f"and `{COMPOSE} up -d --no-deps worker_wrapper`.",
@@ -305,6 +333,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "older release leaves it empty, and app and worker fail to parse it ('invalid literal for int()').",
         "detection": "QFIELDCLOUD_WORKER_TIMEOUT_S is present but empty in .env, or in the worker's or the app's "
         "environment.",
+        "evidence": "`empty_in` (where the empty value is: .env, the worker's environment), "
+        "`containers_with_parse_error`.",
         "remedy": "Set `QFIELDCLOUD_WORKER_TIMEOUT_S=600` (or the timeout you want) in .env, then "
         f"`{COMPOSE} up -d app worker_wrapper`.",
     },
@@ -317,6 +347,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "The worker starts each QGIS container on QFIELDCLOUD_DEFAULT_NETWORK; when that network does not "
         "exist every job fails with 'network ... not found'.",
         "detection": "The network QFIELDCLOUD_DEFAULT_NETWORK names (empty: <project>_default) is not on the host.",
+        "evidence": "`network` (the name QFIELDCLOUD_DEFAULT_NETWORK gives), `source` (where it was read).",
         "remedy": "Create it (`docker network create <name>`) or empty QFIELDCLOUD_DEFAULT_NETWORK in .env, then "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
@@ -330,6 +361,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "not know; two projects with the same ENVIRONMENT on one engine remove each other's running job containers "
         "(upstream issue #1822), and their jobs fail at random.",
         "detection": "A worker container of another compose project on the engine runs with the same ENVIRONMENT.",
+        "evidence": "`environment`, `job_label`, `this_project`, `other_projects`, `other_workers` (the workers "
+        "of other projects with the same ENVIRONMENT).",
         "remedy": "Give each instance its own ENVIRONMENT in .env (e.g. `ENVIRONMENT=production-<name>`), then "
         f"`{COMPOSE} up -d` in each project directory; or run them on separate Docker engines.",
     },
@@ -343,6 +376,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "image is used only for projects on QGIS 4: when no project needs it, its absence is a warning.",
         "detection": "The image named by QFIELDCLOUD_QGIS3_IMAGE_NAME / QFIELDCLOUD_QGIS4_IMAGE_NAME / "
         "QFIELDCLOUD_QGIS_IMAGE_NAME (default <project>-qgis3) is not present locally.",
+        "evidence": "`images` (each QGIS image variable, name and whether it is present), `qgis4_projects` "
+        "(projects that need QGIS 4).",
         "remedy": f"`{COMPOSE} build qgis3` (and qgis4), or `{PLAY_SITE}` (the worker role builds missing images).",
     },
     codes.CODE_QUEUE_STALLED: {
@@ -354,6 +389,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "A pending job whose project has no running job and is not locked should be picked up within "
         "seconds; it is not.",
         "detection": "Age of the oldest claimable pending job > pending_age_threshold.",
+        "evidence": "`claimable_pending`, `oldest_claimable_pending_age_s`, `threshold_s`, "
+        "`dequeued_lines_in_worker_logs`.",
         "remedy": f"Fix the worker problems listed beside this one; `{PLAY_SITE}` repairs the worker and proves "
         "sync with a probe job.",
     },
@@ -367,6 +404,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "users); the cron only fails 'started' ones.",
         "detection": "Started jobs whose started_at, or queued jobs whose most recent sign (their creation, "
         "or the end of the project's previous job: a claim writes no time of its own), is older than the job timeout.",
+        "evidence": "`queued`, `started`, `job_timeout_s`, `jobs` (id, type, status, age of the oldest ones).",
         "remedy": "When their worker process is gone the jobs are also listed as `jobs_orphaned`, which "
         f"`{PLAY_SITE}` recovers. A job a running worker still holds is running long: look at its QGIS container "
         "(`docker ps --filter label=job_id=<id>`); upstream's cron fails a started job after the job timeout "
@@ -385,6 +423,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "'Dequeued job' line and no running QGIS container carries, with a sign that their claimant is gone: an ended "
         "process last named them, their QGIS container ended, they predate every running process, or they are "
         "overdue. qfc_worker confirms it on a second read 5 s later before it changes anything.",
+        "evidence": "`count`, `jobs` (id, type, project, the evidence that no live process holds it), `projects`, "
+        "`deltas_to_reapply`.",
         "remedy": f"`{PLAY_SITE}` (qfc_worker puts queued jobs and started package/process_projectfile jobs back "
         "to pending; other started jobs get the end state upstream's cron gives them: the job failed, a delta_apply "
         "job's deltas 'error'). Deltas set 'error' are applied again by an administrator: web admin, Deltas, filter "
@@ -398,6 +438,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "More jobs failed than finished in the last hour",
         "meaning": "The worker runs jobs but they fail (QGIS image, network, storage).",
         "detection": "failed jobs in the last hour > finished jobs in the last hour.",
+        "evidence": "`failed_last_hour`, `finished_last_hour`.",
         "remedy": "Read the feedback of a failed job (core_job.feedback) and the worker log; "
         f"`{PLAY_DIAGNOSE}` lists related problems.",
     },
@@ -410,6 +451,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "Neither app nor worker can work.",
         "detection": "A PostgreSQL connection to the app's POSTGRES_HOST/PORT fails (timeout, refused, unknown host), "
         "or the queue query does not answer within the timeout (a lock or an overloaded server; evidence slow).",
+        "evidence": "`host`, `port`, `database`, `error` (libpq's message, redacted).",
         "remedy": f"Start the database (`{COMPOSE} up -d db` for the standalone setup) or check the external "
         f"database; `{PLAY_SITE}` starts the stack in order.",
     },
@@ -421,6 +463,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The database refuses the credentials",
         "meaning": "POSTGRES_USER/POSTGRES_PASSWORD do not match the database.",
         "detection": "PostgreSQL answers 'password authentication failed' or 'role ... does not exist'.",
+        "evidence": "`host`, `port`, `database`, `error` (libpq's message, redacted).",
         "remedy": "Make POSTGRES_USER/POSTGRES_PASSWORD in .env match the database, then "
         f"`{COMPOSE} up -d app worker_wrapper`.",
     },
@@ -433,6 +476,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "The worker refuses to run jobs on a replica (pg_is_in_recovery()).",
         "detection": "SELECT pg_is_in_recovery() returns true, or the worker logs 'Expected `worker_wrapper` to "
         "be connected to the master DB node!'.",
+        "evidence": "`host`, `port`, `database`.",
         "remedy": "Point POSTGRES_HOST at the primary, or promote the server (`pg_ctl promote`).",
     },
     codes.CODE_MIGRATIONS_MISSING: {
@@ -443,6 +487,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The database has no QFieldCloud tables (migrations not applied)",
         "meaning": "The worker loops on 'relation \"...\" does not exist'.",
         "detection": "core_job or the project table does not exist, or django_migrations is empty.",
+        "evidence": "`host`, `port`, `database`, `missing_tables`; with a worker log, `sign` and "
+        "`log_lines_matching` (the lines that show it, redacted) (and `container`).",
         "remedy": f"`{COMPOSE} exec app python manage.py migrate`.",
     },
     codes.CODE_APP_UNREACHABLE: {
@@ -453,6 +499,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The app's status endpoint does not answer",
         "meaning": "QField cannot reach the API: no upload, no sync.",
         "detection": "GET /api/v1/status/ fails (connection refused, timeout, closed).",
+        "evidence": "`url`, `error`.",
         "remedy": f"`{COMPOSE} up -d app nginx`, or `{PLAY_SITE}`; behind nginx the Host header must equal "
         "QFIELDCLOUD_HOST (app_host_header).",
     },
@@ -464,6 +511,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "summary": "The app's status endpoint reports a failing component",
         "meaning": "The app cannot use its database or storage.",
         "detection": "GET /api/v1/status/ does not return 200 with every component 'ok'.",
+        "evidence": "`url`, `http_status`, `status` (the components the endpoint reported).",
         "remedy": "Fix the component reported (database, storage); `docker logs <app container>` shows the error.",
     },
     codes.CODE_NGINX_HOST_MISMATCH: {
@@ -478,6 +526,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "detection": "The status endpoint does not answer at the client URL (QFIELDCLOUD_HOST on nginx's published "
         "port, requested from the Docker host with the Host header a device sends), and the nginx container's "
         "QFIELDCLOUD_HOST differs from the one of .env.",
+        "evidence": "`configured_host` (QFIELDCLOUD_HOST), `nginx_host` (the host nginx was started with), `url`, "
+        "`connect`, `host_header`, `http_status`, `error`.",
         "remedy": f"Recreate nginx and app so that they read .env again: `{COMPOSE} up -d --no-deps nginx app`, then "
         f"`{COMPOSE} restart ofelia`; or set QFIELDCLOUD_HOST in .env back to the name nginx serves.",
     },
@@ -492,6 +542,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "detection": "GET /api/v1/status/ at the client URL (QFIELDCLOUD_HOST on nginx's published 80/443, else the "
         "app's published 8000), requested from the Docker host with that Host header, is refused, closed "
         "without an answer (nginx 444), or not HTTP 200 with JSON; or no port is published at all.",
+        "evidence": "`url`, `connect` (the address tried from the Docker host), `host_header`, `http_status`, `error`.",
         "remedy": f"Make QFIELDCLOUD_HOST in .env the name devices use and recreate nginx "
         f"(`{COMPOSE} up -d --no-deps nginx app`); check that nginx publishes 80/443 (WEB_HTTP_PORT, "
         f"WEB_HTTPS_PORT); `{PLAY_DIAGNOSE}` prints the URL to enter.",
@@ -505,6 +556,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "localhost or 127.0.0.1 works on the server itself only: a phone or tablet that enters it "
         "talks to itself, and links the server generates point nowhere.",
         "detection": "QFIELDCLOUD_HOST is localhost, *.localhost, 127.x.x.x, 0.0.0.0 or ::1.",
+        "evidence": "`host`, `host_source` (where the host was read).",
         "remedy": "Set QFIELDCLOUD_HOST in .env to the server's DNS name or LAN address, then "
         f"`{COMPOSE} up -d --no-deps nginx app` and `{COMPOSE} restart ofelia`.",
     },
@@ -519,6 +571,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "ofelia container) gets a warning.",
         "detection": "The freshest django_cron_cronjoblog run (whatever runs the crons) is older than "
         "cron_max_age, or there is none; when the database cannot tell, ofelia is not running.",
+        "evidence": "`last_run`, `last_run_age_s`, `threshold_s`, `ofelia_present`, `ofelia_running`.",
         "remedy": f"`{COMPOSE} up -d ofelia` (or `{COMPOSE} restart ofelia`), or `{PLAY_SITE}`; without "
         f"ofelia, run `{COMPOSE} exec -T app python manage.py runcrons` every minute from the host's cron.",
     },
@@ -531,6 +584,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "meaning": "Containers of jobs that are no longer queued/started (or whose worker is gone) use resources.",
         "detection": "Containers labelled app=<ENVIRONMENT>_worker with a job_id, on the project's network or "
         "image, that are exited or whose job is finished.",
+        "evidence": "`count`, `containers` (name, job id, state, why it is a leftover).",
         "remedy": f"`docker rm -f <container>`, or `{PLAY_MAINT}` (prunes them safely).",
     },
     # Raised by qfc_worker only (drift items and failures), and by the drift report for the verify role.
@@ -548,6 +602,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "faults back. Jobs run meanwhile.",
         "detection": "qfc_worker (compose mode) finds its override file (docker-compose.override.fibreflow-worker.yml "
         "by default) missing, different from what it would write, or not the last entry of COMPOSE_FILE in .env.",
+        "evidence": "A drift item of qfc_worker: `replica`, `field` (`compose_override` or `compose_file`), "
+        "`expected`, `actual` (missing, outdated, not last).",
         "remedy": f"`{PLAY_SITE}` (qfc_worker writes the override and puts it last in COMPOSE_FILE, keeping a copy of "
         ".env); keep that file and its COMPOSE_FILE entry when editing .env.",
     },
@@ -561,6 +617,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "runs and claims jobs. Sync goes on; the stop, usually for maintenance, has not happened yet.",
         "detection": "qfc_worker with state stopped finds a running replica (compose or standalone) among those it "
         "manages.",
+        "evidence": "A drift item of qfc_worker: `replica`, `field` (`running`), `expected` false, `actual` true.",
         "remedy": f"Run the play again with the worker stopped (`{PLAY_SITE} -e qfieldcloud_worker_state=stopped`): "
         "qfc_worker drains the replica (waits for its job), then stops it.",
     },
@@ -576,6 +633,8 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "detection": "qfc_worker's drain: after drain_timeout seconds a replica's last 'Dequeued job' of its current "
         "process is still queued or started in the database (or, when the database cannot be read, a QGIS job "
         "container with that job_id runs). The task fails with code drain_timeout and option drain_timeout.",
+        "evidence": "qfc_worker fails with `code` drain_timeout and a `msg` naming each busy replica and its job; "
+        "nothing was stopped.",
         "remedy": "Wait for the job to finish (or fail it), then run again; or raise drain_timeout "
         f"(qfieldcloud_worker_drain_timeout, `{PLAY_SITE} -e qfieldcloud_worker_drain_timeout=1800`).",
     },
@@ -590,12 +649,14 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "not answer).",
         "detection": "The verify role's result record (roles/verify, `_qfieldcloud_verify_result`) has outcome "
         "failed; the drift_report callback reports it under this code, with the role's error as the actual value.",
+        "evidence": "A drift report item: `field` probe, `expected` finished, `actual` (the probe's error or the "
+        "job's status); the verify record on the host has the rest.",
         "remedy": f"`{PLAY_DIAGNOSE}` names what fails, each problem with its remedy; fix it, then `{PLAY_SITE}`.",
     },
 }
 
 # Fields of the catalogue rendered in docs/problems.md.
-DOC_FIELDS = ("severity", "summary", "meaning", "detection", "remedy")
+DOC_FIELDS = ("severity", "summary", "meaning", "detection", "evidence", "remedy")
 # The prefix of the detectors in this module: their codes are the ones qfc_sync_facts can report.
 FACTS_DETECTOR = "problems."
 
@@ -1239,22 +1300,29 @@ def blocking_codes(problems: list[dict[str, Any]], what: str) -> list[str]:
     return [str(p.get("code")) for p in problems if blocks_of(p) == what]
 
 
+def _doc_text(text: str) -> str:
+    return text.replace("{project_dir}", "<project_dir>").replace("{network}", "<project>_default")
+
+
 def catalogue_markdown() -> str:
-    """Render the catalogue as the Markdown table of docs/problems.md, one row per code."""
-    lines = [
-        "| Code | Severity | Blocks | Meaning | Detection | Fix | Raised by | Hidden by `skip` |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    """Render the catalogue as docs/problems.md shows it: one short table, then a section per code."""
+    lines = ["| Code | Severity | Blocks | Summary |", "| --- | --- | --- | --- |"]
     for code, entry in CATALOGUE.items():
-        cells = [
-            f"`{code}`",
-            entry["severity"],
-            entry["blocks"],
-            f"**{entry['summary']}.** {entry['meaning']}",
-            entry["detection"],
-            entry["remedy"].replace("{project_dir}", "<project_dir>").replace("{network}", "<project>_default"),
-            ", ".join(f"`{name}`" for name in entry["detectors"]),
-            ", ".join(f"`{option}`" for option in entry["hidden_by"]) or "-",
+        summary = entry["summary"].replace("|", "\\|")
+        lines.append(f"| [`{code}`](#{code}) | {entry['severity']} | {entry['blocks']} | {summary} |")
+    for code, entry in CATALOGUE.items():
+        hidden = ", ".join(f"`{option}`" for option in entry["hidden_by"]) or "none"
+        lines += [
+            "",
+            f"## {code}",
+            "",
+            f"**{entry['summary']}.** Severity `{entry['severity']}`, blocks `{entry['blocks']}`.",
+            "",
+            entry["meaning"],
+            "",
+            f"- **Detection:** {entry['detection']}",
+            f"- **Evidence:** {entry['evidence']}",
+            f"- **Remedy:** {_doc_text(entry['remedy'])}",
+            f"- **Raised by:** {', '.join(f'`{name}`' for name in entry['detectors'])}; hidden by `skip`: {hidden}.",
         ]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -681,3 +681,13 @@ def test_each_code_of_the_facts_is_raised_by_its_named_detector(monkeypatch, cod
     CASES[(code, name)](facts)
     assert code in {p["code"] for p in pb.detect_problems(facts)}
     assert (code, name.rpartition(".")[2]) in raised, raised
+
+
+@pytest.mark.parametrize(("code", "name"), FACTS_DETECTORS, ids=[f"{c}-{n}" for c, n in FACTS_DETECTORS])
+def test_the_catalogue_names_every_evidence_key_a_problem_carries(code, name):
+    facts = copy.deepcopy(HEALTHY)
+    CASES[(code, name)](facts)
+    problem = next(p for p in pb.detect_problems(facts) if p["code"] == code)
+    documented = pb.CATALOGUE[code]["evidence"]
+    missing = [key for key in problem["evidence"] if f"`{key}`" not in documented]
+    assert not missing, f"{code}: evidence keys {missing} are not described in the catalogue's evidence"
