@@ -514,8 +514,8 @@ DETECTORS = [(code, name) for code, entry in pb.CATALOGUE.items() for name in en
 
 def resolve_detector(name):
     """The function a detector name points at, or a reason to skip when its module does not exist yet."""
-    kind, _, rest = name.rpartition("/")
-    module, _, function = rest.rpartition(".")
+    kind, _sep, rest = name.rpartition("/")
+    module, _dot, function = rest.rpartition(".")
     dotted = f"{MODULE_UTILS}.{kind or 'module_utils'}.{module}"
     if importlib.util.find_spec(dotted) is None:
         pytest.skip(f"{name}: module {dotted} does not exist yet (issue 14: the other helper's planner/drainer)")
