@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.error
@@ -14,6 +15,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN = REPO / "tests" / "harness" / "standin"
+# The stand-in labels every container it starts outside compose (hand-started workers) with its stack's name.
+STANDIN_LABEL = "fibreflow.standin"
+# What the collection writes into a project directory: the worker override and the .env backups.
+WORKER_OVERRIDE = "docker-compose.override.fibreflow-worker.yml"
 SECRET_KEYS = (
     "POSTGRES_PASSWORD",
     "SECRET_KEY",
@@ -241,3 +246,40 @@ class Stack:
             time.sleep(0.5)
             status = self.job_status(job_id)
         return status
+
+
+class Pristine:
+    """A stack's project files as the stand-in wrote them, to put the stack back before a test.
+
+    ``restore`` removes the containers the stand-in started outside compose (a hand-started worker), writes the
+    files back, gives .env its mode 0600, removes what the collection wrote (its override, .env backups) and runs
+    ``docker compose up -d`` for ``services`` (every service when empty; ``--no-deps`` when named).
+    """
+
+    def __init__(
+        self, stack: Stack, names: tuple[str, ...] = (".env", "docker-compose.yml"), services: tuple[str, ...] = ()
+    ) -> None:
+        self.stack = stack
+        self.services = services
+        self.files = {name: (stack.dir / name).read_bytes() for name in names}
+
+    def restore(self) -> None:
+        d = self.stack.dir
+        mine = _docker_ids("--filter", f"label={STANDIN_LABEL}={self.stack.name}")
+        compose_made = set(_docker_ids("--filter", "label=com.docker.compose.config-hash"))
+        leftovers = [cid for cid in mine if cid not in compose_made]
+        if leftovers:
+            subprocess.run(["docker", "rm", "-f", *leftovers], capture_output=True, check=False)
+        for name, data in self.files.items():
+            (d / name).write_bytes(data)
+        os.chmod(d / ".env", 0o600)
+        for path in [d / WORKER_OVERRIDE, *d.glob(".env.*.bak")]:
+            path.unlink(missing_ok=True)
+        if self.services:
+            self.stack.compose("up", "-d", "--timeout", "20", "--no-deps", *self.services)
+        else:
+            self.stack.compose("up", "-d", "--timeout", "20")
+
+
+def _docker_ids(*filters: str) -> list[str]:
+    return subprocess.run(["docker", "ps", "-aq", *filters], capture_output=True, text=True, check=True).stdout.split()

@@ -1,15 +1,28 @@
-"""Run the collection's modules and playbooks from the working tree, as a user would."""
+"""Run the collection's modules and playbooks from the working tree, as a user would: the plain helpers of the
+integration suites (the fixtures are in ``conftest.py`` beside this file).
+
+``run_module`` and ``facts_of`` return a module's result; ``play`` runs a playbook on localhost against a stand-in
+stack and scans its output for the stack's secrets; ``recap``, ``codes``, ``drift_codes`` and ``flat`` read what
+came back.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
+FACTS = "fibreflow.qfieldcloud.qfc_sync_facts"
+WORKER = "fibreflow.qfieldcloud.qfc_worker"
+# Where the roles keep their per-project records (verify, build); the stack fixtures remove a stack's directory.
+STATE_DIR = Path("/var/lib/fibreflow-qfieldcloud")
 
 
 def ansible_env(extra: dict | None = None) -> dict:
@@ -89,3 +102,88 @@ def run_playbook(
         capture_output=True,
         timeout=timeout,
     )
+
+
+# ------------------------------------------------------------------------------------------------ reading results
+def flat(text: str) -> str:
+    """Output with its line wrapping undone (the default callback folds long messages at the terminal width)."""
+    return " ".join(text.split())
+
+
+def recap(res) -> dict:
+    """The PLAY RECAP counts of localhost in a playbook run's output: ok, changed, failed."""
+    m = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", res.output)
+    assert m, res.output[-3000:]
+    return {"ok": int(m[1]), "changed": int(m[2]), "failed": int(m[4])}
+
+
+def codes(result: dict) -> set[str]:
+    """The problem codes of a qfc_sync_facts result."""
+    return {p["code"] for p in result["problems"]}
+
+
+def drift_codes(result: dict) -> set[str]:
+    """The drift codes of a qfc_worker result."""
+    return {item["code"] for item in result["drift"]}
+
+
+def secrets_of(stack) -> list[str]:
+    """The stack's secret values; none while its .env is gone (a test may remove it: nothing left to leak)."""
+    if not (stack.dir / ".env").exists() or not (stack.dir / "standin-vars.yml").exists():
+        return []
+    return stack.secrets()
+
+
+def assert_no_secret(stack, text: str, where: str) -> None:
+    assert not [s for s in secrets_of(stack) if s and s in text], f"a secret value of {stack.name} appeared in {where}"
+
+
+# ------------------------------------------------------------------------------------------------ running
+def remove_stack(stack) -> None:
+    """Containers, networks, volumes, the stack's own images (the shared runtime images stay) and its records."""
+    stack.down(images=True)
+    shutil.rmtree(STATE_DIR / stack.name, ignore_errors=True)
+
+
+def facts_of(stack, **args) -> dict:
+    """qfc_sync_facts on the stack: a result that did not fail, crash or show a secret."""
+    result = run_module(FACTS, {"project_dir": str(stack.dir), **args})
+    assert not result.get("failed"), result.get("msg")
+    assert "Traceback" not in result["_stdout"]
+    assert_no_secret(stack, result["_stdout"], "the qfc_sync_facts result")
+    return result
+
+
+def play(
+    playbook: str,
+    stack,
+    *args: str,
+    extra: dict | None = None,
+    env: dict | None = None,
+    check: bool = False,
+    verbose: bool = False,
+    scan: Callable[[str, str], None] | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess:
+    """A playbook of the checkout on localhost with the stack's variables (none when ``stack`` is None).
+
+    ``check`` adds --check --diff, ``verbose`` -vvv. The result has ``output`` (stdout and stderr) and ``said``
+    (the output with the callback's wrapping undone). The output is scanned for the stack's secrets, or by
+    ``scan(text, where)`` when given.
+    """
+    cmd = stack_args(stack) if stack is not None else list(LOCAL_ARGS)
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
+    if check:
+        cmd += ["--check", "--diff"]
+    if verbose:
+        cmd.append("-vvv")
+    res = run_playbook(playbook, *cmd, *args, extra_env=env, timeout=timeout)
+    res.output = res.stdout + res.stderr
+    res.said = flat(res.output)
+    where = f"{playbook} {' '.join(args)} output"
+    if scan is not None:
+        scan(res.output, where)
+    elif stack is not None:
+        assert_no_secret(stack, res.output, where)
+    return res

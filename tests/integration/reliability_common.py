@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""What the reliability suites share: the ledger of what they tried, private stacks, and helpers.
+"""What the reliability suites share: the ledger of what they tried and helpers that feed it.
 
 The suites (``test_reliability_services.py``, ``test_reliability_worker_faults.py``, ``test_reliability_inputs.py``)
-each use one private stack for their whole module, so pytest-xdist runs them side by side. Every output they produce
+each use one private stack for their whole module (from the ``module_stacks`` fixture, made ready by ``ledgered``),
+so pytest-xdist runs them side by side. Every output they produce
 goes through ``Ledger.scan`` (the stack's secret values must never appear); each suite writes its counts to
 ``tests/output/reliability-<suite>.json`` for docs/reliability.md.
 """
@@ -11,21 +12,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
-from ansible_run import REPO, run_module, run_playbook, stack_args
+from ansible_run import FACTS, REPO, STATE_DIR, run_module
+from ansible_run import play as shared_play
 from standin import Stack
 
-FACTS = "fibreflow.qfieldcloud.qfc_sync_facts"
-WORKER = "fibreflow.qfieldcloud.qfc_worker"
 OVERRIDE = "docker-compose.override.fibreflow-worker.yml"
 SERVICE = "worker_wrapper"
-STATE_DIR = Path("/var/lib/fibreflow-qfieldcloud")
 ENFORCE_TASK = "Enforce the worker's configuration"
 
 
@@ -83,18 +79,11 @@ LEDGER = Ledger()
 SECRETS: dict[str, list[str]] = {}
 
 
-def private_stack(prefix: str) -> Stack:
-    stack = Stack(f"{prefix}{uuid.uuid4().hex[:5]}")
-    stack.down()
-    stack.up()
+def ledgered(stack: Stack) -> Stack:
+    """A fresh stack of ``module_stacks`` made ready for a suite: its secrets noted, its .env of mode 0600."""
     SECRETS[stack.name] = stack.secrets()
     os.chmod(stack.dir / ".env", 0o600)
     return stack
-
-
-def remove_stack(stack: Stack) -> None:
-    stack.down(images=True)  # the stack's own images only; the shared runtime images stay
-    shutil.rmtree(STATE_DIR / stack.name, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -108,20 +97,17 @@ def play(
     report: Path | None = None,
     timeout: float = 600,
 ):
-    """ansible-playbook on localhost with the stack's variables (-vvv by default); the output is scanned."""
-    cmd = stack_args(stack)
-    if extra:
-        cmd += ["-e", json.dumps(extra)]
-    if verbose:
-        cmd.append("-vvv")
+    """``ansible_run.play`` (-vvv by default) with every output and drift report scanned by the ledger."""
     extra_env = dict(env or {})
     if report is not None:
         extra_env.update(
             ANSIBLE_CALLBACKS_ENABLED="fibreflow.qfieldcloud.drift_report", FIBREFLOW_DRIFT_REPORT_DIR=str(report)
         )
-    res = run_playbook(playbook, *cmd, *args, extra_env=extra_env, timeout=timeout)
-    res.output = res.stdout + res.stderr
-    LEDGER.scan(stack, res.output, f"{playbook} {' '.join(args)} output")
+
+    def scan(text: str, where: str) -> None:
+        LEDGER.scan(stack, text, where)
+
+    res = shared_play(playbook, stack, *args, extra=extra, env=extra_env, verbose=verbose, scan=scan, timeout=timeout)
     if report is not None:
         for path in sorted(report.glob("*")):
             LEDGER.scan(stack, path.read_text(errors="replace"), f"drift report {path.name}")
@@ -139,21 +125,6 @@ def facts(stack: Stack, **args) -> dict:
 def crashed(text: str) -> bool:
     """True when a module or ansible itself crashed (a Python traceback of the worker in a log tail is data)."""
     return "MODULE FAILURE" in text or "An exception occurred during task execution" in text
-
-
-def flat(text: str) -> str:
-    """Output with its line wrapping undone (the default callback folds long messages)."""
-    return " ".join(text.split())
-
-
-def codes(result: dict) -> set[str]:
-    return {p["code"] for p in result["problems"]}
-
-
-def recap(res) -> dict:
-    m = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", res.output)
-    assert m, res.output[-3000:]
-    return {"ok": int(m[1]), "changed": int(m[2]), "failed": int(m[4])}
 
 
 def files(stack: Stack) -> dict:

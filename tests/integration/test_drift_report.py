@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,14 +19,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_run import REPO, ansible_env
+from ansible_run import REPO, ansible_env, codes, facts_of
 from prometheus_client.parser import text_string_to_metric_families
-from standin import Stack
+from standin import Pristine, Stack
 
 pytestmark = pytest.mark.integration
 
 SCRIPT = REPO / "bin" / "qfc-drift-check"
-STATE_DIR = Path("/var/lib/fibreflow-qfieldcloud")
 FAULTS = {"worker-stopped": "worker_not_running", "qgis-image-missing": "qgis_image_missing"}
 
 
@@ -68,13 +66,10 @@ class Hook:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    made = Stack(f"dr{uuid.uuid4().hex[:6]}")
-    made.down()
-    made.up()
-    yield made
-    made.down()
-    shutil.rmtree(STATE_DIR / made.name, ignore_errors=True)
+def stack(module_stacks):
+    made = module_stacks("dr")
+    made.pristine = Pristine(made)
+    return made
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +184,51 @@ def worker_ids(stack: Stack) -> list[str]:
     return stack.containers("worker_wrapper")
 
 
+# Each test takes the stack in the state it reads, checked on the stack itself (not on which tests ran before), so
+# that it passes alone and in any order: untouched by the collection, converged by a real run, or broken by FAULTS.
+def is_converged(stack: Stack) -> bool:
+    """sync ready, the worker's settings held by the override, and a probe job of a real run finished."""
+    finished = stack.sql("SELECT count(*) FROM core_job WHERE status = 'finished' AND type = 'package'")[0][0]
+    return (
+        facts_of(stack)["sync_ready"] is True
+        and (stack.dir / "docker-compose.override.fibreflow-worker.yml").exists()
+        and int(finished) >= 1
+    )
+
+
+@pytest.fixture
+def untouched(stack):
+    """The stack as the stand-in made it: its own files back, no override, every service up."""
+    stack.pristine.restore()
+    return stack
+
+
+@pytest.fixture
+def converged(stack, hook, workdir):
+    """The stack after a real run of the drift check: made so by one when it is not."""
+    if not is_converged(stack):
+        run = drift_check(stack, hook, workdir, apply=True)
+        assert run.rc in (0, 2) and is_converged(stack), run.stdout
+    return stack
+
+
+@pytest.fixture
+def broken(stack, hook, workdir):
+    """The converged stack with the FAULTS broken (nothing else): made so when it is not."""
+    found = facts_of(stack)
+    if not (codes(found) >= set(FAULTS.values()) and not found["sync_ready"]):
+        if not is_converged(stack):
+            drift_check(stack, hook, workdir, apply=True)
+        for fault in FAULTS:
+            stack.break_(fault)
+    return stack
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_real_run_reports_what_it_corrected(stack, hook, workdir):
+def test_real_run_reports_what_it_corrected(untouched, hook, workdir):
+    stack = untouched
     run = drift_check(stack, hook, workdir, apply=True)
     assert run.rc == 2, run.stdout
     assert run.report["schema_version"] == 1
@@ -210,7 +246,8 @@ def test_real_run_reports_what_it_corrected(stack, hook, workdir):
     assert run.pings() == ["/ping"]
 
 
-def test_converged_check_is_ok_silent_and_writes_metrics(stack, hook, workdir):
+def test_converged_check_is_ok_silent_and_writes_metrics(converged, hook, workdir):
+    stack = converged
     run = drift_check(stack, hook, workdir)
     assert run.rc == 0, run.stdout
     assert run.stdout == ""  # cron mails nothing
@@ -239,7 +276,8 @@ def test_converged_check_is_ok_silent_and_writes_metrics(stack, hook, workdir):
     assert overdue == {"queued": 0, "started": 0}
 
 
-def test_check_run_on_broken_stack_lists_exactly_the_faults(stack, hook, workdir):
+def test_check_run_on_broken_stack_lists_exactly_the_faults(converged, hook, workdir):
+    stack = converged
     for fault in FAULTS:
         stack.break_(fault)
     before = worker_ids(stack)
@@ -274,7 +312,8 @@ def test_check_run_on_broken_stack_lists_exactly_the_faults(stack, hook, workdir
     assert values["qfieldcloud_drift_items"] == 2
 
 
-def test_unreachable_host_is_an_error(stack, hook, workdir):
+def test_unreachable_host_is_an_error(broken, hook, workdir):
+    stack = broken
     run = drift_check(stack, hook, workdir, ghost=True)
     assert run.rc == 1, run.stdout
     assert run.report["outcome"] == "error"
@@ -289,7 +328,8 @@ def test_unreachable_host_is_an_error(stack, hook, workdir):
     assert "| ghost | error |" in run.markdown
 
 
-def test_fail_on_drift_fails_the_job_readably_and_hands_artifacts(stack, hook, workdir):
+def test_fail_on_drift_fails_the_job_readably_and_hands_artifacts(broken, hook, workdir):
+    stack = broken
     run = drift_check(stack, hook, workdir, "-e", "qfieldcloud_fail_on_drift=true")
     assert run.rc == 3, run.stdout  # sync blocked, not error: the gate's failure is the expected one
     assert run.report["outcome"] == "drift"
@@ -300,7 +340,8 @@ def test_fail_on_drift_fails_the_job_readably_and_hands_artifacts(stack, hook, w
     assert "CUSTOM STATS" in run.log and "qfieldcloud_drift_outcome" in run.log
 
 
-def test_real_run_repairs_and_marks_items_corrected(stack, hook, workdir):
+def test_real_run_repairs_and_marks_items_corrected(broken, hook, workdir):
+    stack = broken
     run = drift_check(stack, hook, workdir, apply=True)
     assert run.rc == 2, run.stdout
     host = run.host()

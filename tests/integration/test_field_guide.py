@@ -12,52 +12,22 @@ import os
 import re
 import subprocess
 import time
-import uuid
 
 import pytest
-from ansible_run import run_module, run_playbook, stack_args
-from standin import Stack
+from ansible_run import codes, facts_of, play, recap
 
 pytestmark = pytest.mark.integration
 
-FACTS = "fibreflow.qfieldcloud.qfc_sync_facts"
-
-
-def play(playbook: str, stack: Stack, *args: str, extra: dict | None = None, env: dict | None = None):
-    cmd = stack_args(stack)
-    if extra:
-        cmd += ["-e", json.dumps(extra)]
-    res = run_playbook(playbook, *cmd, *args, extra_env=env)
-    res.output = res.stdout + res.stderr
-    res.said = " ".join(res.output.split())  # the callback wraps long messages
-    return res
-
 
 def changed(res) -> int:
-    m = re.search(r"localhost\s+:\s+ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", res.output)
-    assert m and m[2] == "0", res.output[-3000:]
-    return int(m[1])
-
-
-def facts_of(stack: Stack) -> dict:
-    result = run_module(FACTS, {"project_dir": str(stack.dir)})
-    assert not result.get("failed"), result.get("msg")
-    for secret in stack.secrets():
-        assert secret not in result["_stdout"]
-    return result
-
-
-def codes(result: dict) -> set[str]:
-    return {p["code"] for p in result["problems"]}
+    counts = recap(res)
+    assert counts["failed"] == 0, res.output[-3000:]
+    return counts["changed"]
 
 
 @pytest.fixture(scope="module")
-def stack():
-    s = Stack(f"fg{uuid.uuid4().hex[:6]}")
-    s.down()
-    s.up()
-    yield s
-    s.down()
+def stack(module_stacks):
+    return module_stacks("fg")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,8 @@ MODULE = "fibreflow.qfieldcloud.qfc_worker"
 
 
 @pytest.fixture(scope="module")
-def stack():
-    made = Stack(f"h2{uuid.uuid4().hex[:6]}")
-    made.down()
-    made.up(replicas=2)
-    yield made
-    made.down()
+def stack(module_stacks):
+    return module_stacks("h2", replicas=2)
 
 
 def connect(stack: Stack):

@@ -23,24 +23,20 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_run import REPO, ansible_env, playbook_command, run_module, stack_args
+from ansible_run import FACTS, REPO, WORKER, ansible_env, playbook_command, recap, run_module, stack_args
 from reliability_common import (
     ENFORCE_TASK,
-    FACTS,
     LEDGER,
     OVERRIDE,
     SERVICE,
-    WORKER,
     assert_mode_0600,
     containers,
     crashed,
     facts,
     files,
     healthy,
+    ledgered,
     play,
-    private_stack,
-    recap,
-    remove_stack,
     scan_written_files,
     worker_ids,
     write_ledger,
@@ -57,15 +53,14 @@ def ledger():
 
 
 @pytest.fixture(scope="module")
-def workers():
+def workers(module_stacks):
     """A private healthy stack whose worker the collection has enforced once (the override file exists, mode 0600),
     as after any first site.yml run."""
-    stack = private_stack("rli")
+    stack = ledgered(module_stacks("rli"))
     result = run_module(WORKER, {"project_dir": str(stack.dir)})
     assert not result.get("failed"), result.get("msg")
     os.chmod(stack.dir / OVERRIDE, 0o600)
-    yield stack
-    remove_stack(stack)
+    return stack
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -126,7 +121,7 @@ def test_compose_syntax_error_changes_nothing(workers, tmp_path):
     assert result.get("failed") is True and result["msg"].startswith("project_dir:"), result.get("msg")
     res = play("playbooks/site.yml", stack, extra={"qfieldcloud_project_dir": str(broken)}, verbose=False)
     assert res.returncode != 0
-    assert "qfieldcloud_project_dir: docker compose finds no valid project" in res.output
+    assert "qfieldcloud_project_dir: docker compose finds no valid project" in res.said
     LEDGER.bad_inputs += ["qfc_worker compose file with a syntax error", "site.yml compose file with a syntax error"]
     assert files(Stack(stack.name, broken)) == before
 
@@ -167,7 +162,7 @@ def test_bad_role_variables_fail_early_naming_the_variable(workers):
     res = play("playbooks/site.yml", stack, env={"DOCKER_HOST": "tcp://127.0.0.1:9"}, verbose=False)
     LEDGER.bad_inputs.append("site.yml with DOCKER_HOST=tcp://127.0.0.1:9")
     assert res.returncode != 0
-    assert "docker_unreachable" in res.output and "Cannot connect to the Docker daemon" in res.output
+    assert "docker_unreachable" in res.output and "Cannot connect to the Docker daemon" in res.said
     assert files(stack) == before, "a failed run changed a file of the project"
     assert containers(stack) == ids, "a failed run changed a container"
 
@@ -214,7 +209,7 @@ def test_two_site_runs_at_once_end_with_one_worker_set(workers, tmp_path):
     assert_mode_0600(stack)  # the override was rewritten (scale 2): its mode 0600 was kept
     assert "scale: 2" in (stack.dir / OVERRIDE).read_text()
     verified = play("playbooks/verify.yml", stack, verbose=False)
-    assert verified.returncode == 0 and "verify ok (latency" in verified.output, verified.output[-3000:]
+    assert verified.returncode == 0 and "verify ok (latency" in verified.said, verified.output[-3000:]
     LEDGER.jobs(stack, jobs)
     LEDGER.fault("two site.yml runs at once (worker stopped)", "one repaired, the other waited; 2 replicas")
 

@@ -13,18 +13,14 @@ import subprocess
 import time
 
 import pytest
-from ansible_run import REPO, ansible_env, playbook_command, stack_args
+from ansible_run import REPO, STATE_DIR, ansible_env, codes, flat, playbook_command, stack_args
 from reliability_common import (
     LEDGER,
-    STATE_DIR,
-    codes,
     crashed,
     facts,
-    flat,
     healthy,
+    ledgered,
     play,
-    private_stack,
-    remove_stack,
     scan_written_files,
     worker_ids,
     write_ledger,
@@ -40,15 +36,24 @@ def ledger():
 
 
 @pytest.fixture(scope="module")
-def services():
-    stack = private_stack("rls")
-    yield stack
-    remove_stack(stack)
+def services(module_stacks):
+    return ledgered(module_stacks("rls"))
+
+
+@pytest.fixture
+def ready(services):
+    """The stack sync-ready, as every test but the migrations one leaves it; made afresh when a test left it broken
+    beyond what the collection repairs (migrations-missing drops the schema), so that any order works."""
+    if not facts(services)["sync_ready"]:
+        services.down()
+        services.up()
+        ledgered(services)
+    return services
 
 
 # ------------------------------------------------------------------------------------------------ services group
-def test_db_app_down_with_a_stalled_queue_are_repaired_in_order(services, tmp_path):
-    stack = services
+def test_db_app_down_with_a_stalled_queue_are_repaired_in_order(ready, tmp_path):
+    stack = ready
     stack.break_("queue-stalled")  # worker stopped, 3 claimable jobs 15 minutes old
     stalled = [row[0] for row in stack.sql("SELECT id FROM core_job WHERE status = 'pending'")]
     assert len(stalled) == 3
@@ -66,7 +71,7 @@ def test_db_app_down_with_a_stalled_queue_are_repaired_in_order(services, tmp_pa
 
     res = play("playbooks/site.yml", stack, report=tmp_path / "report")
     assert res.returncode == 0, res.output[-4000:]
-    assert "verify ok (latency" in res.output
+    assert "verify ok (latency" in res.said
     LEDGER.jobs(stack, stalled)
     healthy(stack)
     scan_written_files(stack)
@@ -74,9 +79,9 @@ def test_db_app_down_with_a_stalled_queue_are_repaired_in_order(services, tmp_pa
         LEDGER.fault(fault, "repaired by site.yml (startup order, worker), pending jobs finished")
 
 
-def test_slow_database_is_a_finding_within_the_timeout(services):
+def test_slow_database_is_a_finding_within_the_timeout(ready):
     """A lock held on core_job: the queue query cannot answer. The module reports it within its timeout."""
-    stack = services
+    stack = ready
     env = stack.env
     holder = subprocess.Popen(
         [
@@ -136,12 +141,12 @@ def test_slow_database_is_a_finding_within_the_timeout(services):
     LEDGER.fault("database answers slowly (core_job locked)", "named db_unreachable (slow) within the timeout")
 
 
-def test_database_restarted_during_verify(services, tmp_path):
+def test_database_restarted_during_verify(ready, tmp_path):
     """The database restarts while verify.yml's probe job waits: the worker's connection dies under it, it
     reconnects and runs the job. The worker is paused while the probe job is created and the database restarts,
     so that the restart cannot fall in the middle of the job (a restart there leaves the job `started` by a live
     worker, upstream's behaviour too: see docs/reliability.md)."""
-    stack = services
+    stack = ready
     before = {row[0] for row in stack.sql("SELECT id FROM core_job")}
     (worker,) = worker_ids(stack)
     subprocess.run(["docker", "pause", worker], check=True, capture_output=True)
@@ -165,7 +170,7 @@ def test_database_restarted_during_verify(services, tmp_path):
     LEDGER.scan(stack, output, "verify.yml -vvv output (db restarted)")
     assert not crashed(output)
     assert rc == 0, output[-4000:]
-    assert "verify ok (latency" in output
+    assert "verify ok (latency" in flat(output)
     record = json.loads((STATE_DIR / stack.name / "verify.json").read_text())
     LEDGER.scan(stack, json.dumps(record), "verify.json")
     assert record["outcome"] == "ok"
@@ -174,11 +179,11 @@ def test_database_restarted_during_verify(services, tmp_path):
     LEDGER.fault("database restarted during verify.yml", "verify ok: the probe job finished after the restart")
 
 
-def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(services, tmp_path):
+def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(ready, tmp_path):
     """A job claimed 30 minutes ago by a worker process that is gone (the fault job-overdue) blocks its project:
     site.yml puts it back to pending and everything behind it runs. A locked project is not repairable: verify
     fails on it and no job is touched."""
-    stack = services
+    stack = ready
     stack.break_("job-overdue")
     (orphan,) = [row[0] for row in stack.sql("SELECT id FROM core_job WHERE status = 'queued'")]
     waiting = [row[0] for row in stack.sql("SELECT id FROM core_job WHERE status = 'pending'")]
@@ -192,12 +197,12 @@ def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(services, tm
     assert "overdue" in job["evidence"] and job["user_action"] is None  # the queue runs it again by itself
     check = play("playbooks/site.yml", stack, "--check", verbose=False)
     assert check.returncode == 0, check.output[-3000:]
-    assert "would " in check.output
-    assert f"job {orphan} (queued package, its worker process is gone): put back to pending" in flat(check.output)
+    assert "would " in check.said
+    assert f"job {orphan} (queued package, its worker process is gone): put back to pending" in check.said
     assert stack.job_status(orphan) == "queued", "check mode changed the job"
     res = play("playbooks/site.yml", stack, report=tmp_path / "r1")
     assert res.returncode == 0, res.output[-4000:]
-    assert f"job {orphan} (queued package, its worker process is gone): put back to pending" in flat(res.output)
+    assert f"job {orphan} (queued package, its worker process is gone): put back to pending" in res.said
     LEDGER.jobs(stack, [orphan, *waiting])
     healthy(stack)
     LEDGER.fault("job-overdue", "site.yml put the orphaned job back to pending; it and the jobs behind it finished")
@@ -207,8 +212,8 @@ def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(services, tm
     assert locked["problems"] == [] and locked["ansible_facts"]["qfc_sync"]["queue"]["locked_projects"] == 1
     res = play("playbooks/verify.yml", stack, extra={"qfieldcloud_verify_timeout": 5}, verbose=False)
     assert res.returncode != 0
-    assert "is pending after 5 s" in res.output
-    assert "1 project(s) are locked" in flat(res.output), res.output[-3000:]
+    assert "is pending after 5 s" in res.said
+    assert "1 project(s) are locked" in res.said, res.output[-3000:]
     waiting = [row[0] for row in stack.sql("SELECT id FROM core_job WHERE status = 'pending'")]
     stack.sql("UPDATE project_project SET locked_at = NULL")  # the project's own job ends the lock upstream
     LEDGER.jobs(stack, waiting)
@@ -216,13 +221,13 @@ def test_orphaned_job_is_recovered_and_locked_project_fails_clearly(services, tm
     scan_written_files(stack)
 
 
-def test_missing_migrations_fail_naming_the_command(services, tmp_path):
-    stack = services
+def test_missing_migrations_fail_naming_the_command(ready, tmp_path):
+    stack = ready
     stack.break_("migrations-missing")
     found = facts(stack)
     assert "migrations_missing" in codes(found), found["problems"]
     res = play("playbooks/site.yml", stack, verbose=False, report=tmp_path / "report")
     assert res.returncode != 0
-    assert "docker compose exec app python manage.py migrate" in res.output
+    assert "docker compose exec app python manage.py migrate" in res.said
     assert "qfieldcloud_startup_migrate=true" in res.output
     LEDGER.fault("migrations-missing", "site.yml failed naming `docker compose exec app python manage.py migrate`")

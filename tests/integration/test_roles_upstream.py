@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import run_module
+from ansible_run import play, run_module
 from standin import STANDIN, Stack
-from test_roles import play, started_at
+from test_roles import started_at
 
 # Optional variables upstream's .env may leave out; the stack runs without them.
 OPTIONAL = ("QFIELDCLOUD_HOST", "QFIELDCLOUD_DEFAULT_NETWORK", "DJANGO_DEV_PORT", "DEBUG_WORKER_WRAPPER_DEBUGPY_PORT")
@@ -134,8 +134,8 @@ def test_database_service_is_the_one_postgres_host_names(private):
 
     check = play("playbooks/site.yml", stack, check=True)
     assert check.returncode == 0, check.output[-4000:]
-    assert "check mode: would start compose service postgres (POSTGRES_HOST=postgres)" in check.output
-    assert "Unknown error" not in check.output
+    assert "check mode: would start compose service postgres (POSTGRES_HOST=postgres)" in check.said
+    assert "Unknown error" not in check.said
     assert {c: stack.inspect(c)["State"]["Status"] for c in before} == before, "check mode started something"
 
     t0 = time.monotonic()
@@ -156,7 +156,7 @@ def test_database_service_is_the_one_postgres_host_names(private):
     assert "Waited 4 s for compose service postgres (POSTGRES_HOST=postgres) to accept connections; last seen:" in (
         " ".join(res.output.split())
     ), res.output[-3000:]
-    assert "Unknown error" not in res.output
+    assert "Unknown error" not in res.said
 
 
 def test_verify_follows_a_package_job_in_flight(private):

@@ -13,22 +13,11 @@ import stat
 import uuid
 
 import pytest
-from ansible_run import run_module
+from ansible_run import codes, facts_of, run_module
 
 pytestmark = pytest.mark.integration
 
 MODULE = "fibreflow.qfieldcloud.qfc_sync_facts"
-
-
-def facts_of(stack, **args):
-    result = run_module(MODULE, {"project_dir": str(stack.dir), **args})
-    assert not result.get("failed"), result.get("msg")
-    assert "Traceback" not in result["_stdout"]
-    return result
-
-
-def codes(result):
-    return {p["code"] for p in result["problems"]}
 
 
 def private_name():

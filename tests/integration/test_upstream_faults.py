@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from ansible_run import run_module, run_playbook, stack_args
+from ansible_run import facts_of, run_playbook, stack_args
 from standin import Stack
 
 pytestmark = pytest.mark.integration
@@ -25,15 +25,6 @@ HEALTHY_VARIANTS = (
     "qgis-network-external",
     "minimal-env",
 )
-
-
-def facts_of(stack: Stack, **args) -> dict:
-    result = run_module(MODULE, {"project_dir": str(stack.dir), **args})
-    assert not result.get("failed"), result.get("msg")
-    assert "Traceback" not in result["_stdout"]
-    for secret in stack.secrets():
-        assert secret not in result["_stdout"]
-    return result
 
 
 def serious(result: dict) -> list[tuple[str, str]]:

@@ -23,8 +23,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import ansible_env, run_module
-from standin import Stack
+from ansible_run import ansible_env, drift_codes, run_module
+from standin import Pristine, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -46,33 +46,12 @@ FAULTS = {
 REPAIR_TIMES: dict[str, float] = {}
 
 
-class Pristine:
-    """The project files as the stand-in wrote them, to put back before each fault."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.files = {name: (stack.dir / name).read_bytes() for name in (".env", "docker-compose.yml")}
-
-    def restore(self) -> None:
-        d = self.stack.dir
-        for name, data in self.files.items():
-            (d / name).write_bytes(data)
-        os.chmod(d / ".env", 0o600)
-        for path in [d / OVERRIDE, *d.glob(".env.*.bak")]:
-            path.unlink(missing_ok=True)
-        subprocess.run(["docker", "rm", "-f", f"{self.stack.name}-worker"], capture_output=True, check=False)
-        self.stack.compose("up", "-d", "--no-deps", SERVICE)
-
-
 @pytest.fixture(scope="module")
-def stack():
-    """One private stack for this module, broken and repaired in sequence."""
-    made = Stack(f"wkt{uuid.uuid4().hex[:5]}")
-    made.down()
-    made.up()
-    made.pristine = Pristine(made)
+def stack(module_stacks):
+    """One private stack for this module, broken and repaired in sequence (each test starts from ``fresh``)."""
+    made = module_stacks("wkt")
+    made.pristine = Pristine(made, services=(SERVICE,))
     yield made
-    made.down(images=True)  # the stack's own images only; the shared stand-in images stay
     if REPAIR_TIMES:
         lines = "\n".join(f"  {fault:24s} {seconds:5.1f} s" for fault, seconds in REPAIR_TIMES.items())
         print(f"\nqfc_worker repair times (real run, broken -> compliant):\n{lines}")
@@ -146,10 +125,6 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def codes(result: dict) -> set[str]:
-    return {item["code"] for item in result["drift"]}
-
-
 def running_workers(stack: Stack) -> list[str]:
     return stack.containers(SERVICE, all_=False)
 
@@ -186,8 +161,8 @@ def test_fault_is_repaired(fresh, fault):
     planned = worker(stack, check=True, diff=True)
     assert not planned.get("failed"), planned.get("msg")
     assert planned["changed"] is True
-    assert FAULTS[fault] <= codes(planned), planned["drift"]
-    assert "worker_config_not_persistent" in codes(planned)
+    assert FAULTS[fault] <= drift_codes(planned), planned["drift"]
+    assert "worker_config_not_persistent" in drift_codes(planned)
     assert any(action.startswith("write ") for action in planned["actions"])
     assert {d["before_header"] for d in planned["diff"]} >= {str(stack.dir / OVERRIDE)}
     assert snapshot(stack) == before, "check mode changed something"
@@ -216,7 +191,7 @@ def test_worker_image_missing_fails_with_build_command(fresh):
 
     planned = worker(stack, check=True)
     assert not planned.get("failed"), planned.get("msg")
-    assert "worker_image_missing" in codes(planned)
+    assert "worker_image_missing" in drift_codes(planned)
     assert planned["build_command"] == build
 
     failed = worker(stack)
@@ -272,7 +247,7 @@ def test_replicas_one_three_one(fresh):
     before = snapshot(stack)
     planned = worker(stack, check=True, replicas=3)
     assert planned["changed"] is True
-    assert "worker_replicas_low" in codes(planned)
+    assert "worker_replicas_low" in drift_codes(planned)
     assert snapshot(stack) == before
 
     assert worker(stack, replicas=3)["changed"] is True
@@ -288,7 +263,7 @@ def test_replicas_one_three_one(fresh):
     assert_converged(stack, replicas=3)
 
     planned = worker(stack, check=True, replicas=1)
-    assert "worker_replicas_high" in codes(planned)
+    assert "worker_replicas_high" in drift_codes(planned)
     assert len(running_workers(stack)) == 3
     job = stack.create_job(seconds=6)
     assert worker(stack, replicas=1)["changed"] is True
@@ -320,7 +295,7 @@ def test_hand_started_worker_standalone_then_removed(fresh):
     planned = run_module(MODULE, args, check=True)
     assert not any(secret in planned["_stdout"] for secret in stack.secrets())
     assert planned["changed"] is True, planned
-    assert "worker_restart_policy" in codes(planned)
+    assert "worker_restart_policy" in drift_codes(planned)
     assert snapshot(stack) == before
 
     applied = run_module(MODULE, args)
@@ -340,7 +315,7 @@ def test_hand_started_worker_standalone_then_removed(fresh):
     assert reported["hand_started"] == [hand]
     removed = worker(stack, remove_hand_started=True)
     assert removed["changed"] is True, removed.get("msg")
-    assert "worker_hand_started" in codes(removed)
+    assert "worker_hand_started" in drift_codes(removed)
     gone = subprocess.run(["docker", "inspect", hand], capture_output=True, check=False)
     assert gone.returncode != 0
     assert len(running_workers(stack)) == 1

@@ -19,11 +19,10 @@ import json
 import os
 import re
 import subprocess
-import uuid
 
 import pytest
-from ansible_run import run_module
-from standin import Stack
+from ansible_run import drift_codes, run_module
+from standin import Pristine, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -39,36 +38,11 @@ def docker(*args: str, check: bool = True, env: dict | None = None) -> subproces
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, env=env)
 
 
-class Pristine:
-    """The project files as the stand-in wrote them, to put back before each test."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self.files = {name: (stack.dir / name).read_bytes() for name in PROJECT_FILES}
-
-    def restore(self) -> None:
-        d = self.stack.dir
-        mine = docker("ps", "-aq", "--filter", f"label=fibreflow.standin={self.stack.name}").stdout.split()
-        compose_made = set(docker("ps", "-aq", "--filter", "label=com.docker.compose.config-hash").stdout.split())
-        leftovers = [cid for cid in mine if cid not in compose_made]
-        if leftovers:
-            docker("rm", "-f", *leftovers, check=False)
-        for name, data in self.files.items():
-            (d / name).write_bytes(data)
-        os.chmod(d / ".env", 0o600)
-        for path in [d / OVERRIDE, *d.glob(".env.*.bak")]:
-            path.unlink(missing_ok=True)
-        self.stack.compose("up", "-d", "--timeout", "20")
-
-
 @pytest.fixture(scope="module")
-def stack():
-    made = Stack(f"h4u{uuid.uuid4().hex[:5]}")
-    made.down()
-    made.up()
-    made.pristine = Pristine(made)
-    yield made
-    made.down()
+def stack(module_stacks):
+    made = module_stacks("h4u")
+    made.pristine = Pristine(made, PROJECT_FILES)
+    return made
 
 
 @pytest.fixture
@@ -82,10 +56,6 @@ def worker(stack: Stack, check: bool = False, **args) -> dict:
     for secret in stack.secrets():
         assert secret not in result["_stdout"], "a secret value appeared in the module's output"
     return result
-
-
-def codes(result: dict) -> set[str]:
-    return {item["code"] for item in result["drift"]}
 
 
 def snapshot(stack: Stack) -> dict:
@@ -144,8 +114,8 @@ def test_own_job_network_is_never_forced_onto_the_worker(fresh):
         planned = worker(stack, check=True)
         assert not planned.get("failed"), planned.get("msg")
         assert planned["network"] == f"{stack.name}_default"
-        assert "worker_wrong_network" not in codes(planned), planned["drift"]
-        assert codes(planned) == {"worker_config_not_persistent"}
+        assert "worker_wrong_network" not in drift_codes(planned), planned["drift"]
+        assert drift_codes(planned) == {"worker_config_not_persistent"}
         assert snapshot(stack) == before, "check mode changed something"
 
         applied = worker(stack)
@@ -171,7 +141,7 @@ def test_missing_job_network_is_reported_and_never_created(fresh):
     item = next(item for item in planned["drift"] if item["code"] == "qgis_network_missing")
     assert item["replica"] is None
     assert f"docker network create {missing}" in item["remedy"]
-    assert "worker_wrong_network" not in codes(planned)
+    assert "worker_wrong_network" not in drift_codes(planned)
     assert snapshot(stack) == before
 
     applied = worker(stack)
@@ -179,7 +149,7 @@ def test_missing_job_network_is_reported_and_never_created(fresh):
     assert docker("network", "inspect", missing, check=False).returncode != 0, "the module created the network"
     assert worker_networks(stack) == [[f"{stack.name}_default"]]
     again = assert_converged(stack)
-    assert codes(again) == {"qgis_network_missing"}, "a missing job network must stay reported until fixed"
+    assert drift_codes(again) == {"qgis_network_missing"}, "a missing job network must stay reported until fixed"
 
 
 def test_database_on_a_network_of_its_own(fresh):
@@ -200,7 +170,7 @@ def test_database_on_a_network_of_its_own(fresh):
     planned = worker(stack, check=True)
     assert not planned.get("failed"), planned.get("msg")
     assert planned["network"] == backend
-    assert "worker_wrong_network" in codes(planned), planned["drift"]
+    assert "worker_wrong_network" in drift_codes(planned), planned["drift"]
     assert snapshot(stack) == before
 
     applied = worker(stack)
@@ -234,7 +204,7 @@ def test_prebuilt_image_is_kept_and_a_missing_one_is_never_built(fresh):
         planned = worker(stack, check=True)
         assert not planned.get("failed"), planned.get("msg")
         assert planned["image"] == tag
-        assert not codes(planned) & {"worker_image_wrong", "worker_image_missing", "worker_image_outdated"}
+        assert not drift_codes(planned) & {"worker_image_wrong", "worker_image_missing", "worker_image_outdated"}
         assert snapshot(stack) == before
 
         applied = worker(stack)
@@ -250,7 +220,7 @@ def test_prebuilt_image_is_kept_and_a_missing_one_is_never_built(fresh):
         docker("rmi", tag)
         pull = f"cd {stack.dir} && docker compose pull {SERVICE}"
         planned = worker(stack, check=True)
-        assert "worker_image_missing" in codes(planned)
+        assert "worker_image_missing" in drift_codes(planned)
         assert planned["pull_command"] == pull
         assert "build_command" not in planned
         failed = worker(stack)
@@ -316,7 +286,7 @@ def test_standalone_recreation_keeps_named_volumes_labels_and_environment(fresh)
         planned = run_module(MODULE, module_args, check=True)
         assert not planned.get("failed"), planned.get("msg")
         assert planned["changed"] is True
-        assert "worker_restart_policy" in codes(planned)
+        assert "worker_restart_policy" in drift_codes(planned)
         assert snapshot(stack) == before
 
         applied = run_module(MODULE, module_args)
@@ -392,7 +362,7 @@ def test_guide_hand_started_worker_is_named_by_its_gaps_and_retired(fresh):
 
     kept = worker(stack, check=True)
     assert kept["hand_started"] == [name]
-    assert "worker_hand_started" not in codes(kept), "without remove_hand_started it is only reported"
+    assert "worker_hand_started" not in drift_codes(kept), "without remove_hand_started it is only reported"
 
     planned = worker(stack, check=True, remove_hand_started=True)
     assert not planned.get("failed"), planned.get("msg")

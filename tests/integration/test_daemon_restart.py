@@ -6,9 +6,10 @@ On these machines dockerd runs without systemd (scripts/setup-host.sh starts it 
 SIGTERM to dockerd, wait until it has exited, start it again the same way, wait for ``docker info``. Every
 container of every stack on the engine stops with it; those with ``restart: unless-stopped`` come back.
 
-The file is named to run last in the integration session (pytest runs files alphabetically). The engine is
-restarted in a ``finally`` block whatever happens, and the session's shared stand-in is checked (and repaired
-with site.yml when the restart left it unhealthy) before the test ends.
+Marked ``disruptive``: tests/conftest.py runs it after every other test of a session whatever its file's name or
+the order asked for, and ``make test`` runs it alone (``make test-disruptive``) after the parallel suites. The
+engine is restarted in a ``finally`` block whatever happens, and the session's shared stand-in is checked (and
+repaired with site.yml when the restart left it unhealthy) before the test ends.
 
 Restarting the engine disturbs every stack on it, other people's too: outside CI it runs only when
 FIBREFLOW_RESTART_DOCKERD=1 is set. CI (root, no systemd, CI=true) always runs it.
@@ -18,21 +19,17 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import REPO, ansible_env, playbook_command, run_module, run_playbook, stack_args
+from ansible_run import FACTS, REPO, ansible_env, play, playbook_command, recap, remove_stack, run_module, stack_args
 from standin import Stack
 
-# disruptive: `make test-integration` runs it on its own, after the parallel suites (it restarts the engine).
+# disruptive: `make test-integration` leaves it out, `make test-disruptive` runs it alone (it restarts the engine).
 pytestmark = [pytest.mark.integration, pytest.mark.disruptive]
-
-FACTS = "fibreflow.qfieldcloud.qfc_sync_facts"
-STATE_DIR = Path("/var/lib/fibreflow-qfieldcloud")
 
 
 def dockerd_pids() -> list[int]:
@@ -89,14 +86,6 @@ def start_dockerd(timeout: float = 90) -> None:
         time.sleep(0.5)
 
 
-def play(stack: Stack, *args: str):
-    res = run_playbook("playbooks/site.yml", *stack_args(stack), *args)
-    res.output = res.stdout + res.stderr
-    for secret in stack.secrets():
-        assert secret not in res.output, "a secret value appeared in the output of site.yml"
-    return res
-
-
 def wait_sync_ready(stack: Stack, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -137,27 +126,26 @@ def test_docker_daemon_restarted_during_a_site_run(standin):
             assert secret not in output, "a secret value appeared in the interrupted run's output"
         log.unlink()
 
-        res = play(stack)
+        res = play("playbooks/site.yml", stack)
         # After the restart: the worker's earlier processes logged `could not translate host name "db"` while the
         # engine brought the stack back (history, not a problem), and a job in flight when the engine stopped is
         # left queued/started by a process that is gone (jobs_orphaned: qfc_worker puts it back to pending).
         assert res.returncode == 0, res.output[-4000:]
-        assert "verify ok (latency" in res.output
+        assert "verify ok (latency" in res.said
         for job in jobs:  # pending before the restart: processed afterwards, none failed
             assert stack.wait_job(job, timeout=90) == "finished"
-        again = play(stack)
-        assert again.returncode == 0 and "changed=0" in again.output, again.output[-3000:]
+        again = play("playbooks/site.yml", stack)
+        assert again.returncode == 0 and recap(again)["changed"] == 0, again.output[-3000:]
         print(f"\ndockerd restarted during site.yml: that run ended with rc {interrupted_rc}; the next converged")
     finally:
         if not docker_answers():
             start_dockerd()
-        stack.down(images=True)
-        shutil.rmtree(STATE_DIR / stack.name, ignore_errors=True)
+        remove_stack(stack)
 
     # The shared stand-in stopped with the engine too: it must be healthy again (restart policies, else site.yml).
     shared = wait_sync_ready(standin, timeout=60)
     if not shared.get("sync_ready"):
-        repaired = play(standin)
+        repaired = play("playbooks/site.yml", standin)
         assert repaired.returncode == 0, repaired.output[-4000:]
         shared = wait_sync_ready(standin, timeout=60)
     assert shared.get("sync_ready") is True, json.dumps(shared.get("problems"))
