@@ -12,17 +12,22 @@ class ModuleDocFragment:
 options:
   docker_host:
     description:
-      - URL or Unix socket path of the Docker daemon API on the managed host.
+      - URL of the Docker daemon API on the managed host, V(unix:///path/to/socket) or V(tcp://host:port) (plain
+        HTTP; no TLS).
       - If not given, the value of the E(DOCKER_HOST) environment variable is used, else the local socket.
     type: str
     default: unix:///var/run/docker.sock
     aliases: [docker_url]
   timeout:
     description:
-      - Seconds to wait for an answer of the Docker API before giving up.
+      - Seconds to wait for one answer of the Docker API before giving up. A call that stops a container waits
+        additionally for the container's grace period.
       - Also bounds the database connection and the HTTP status request where a module makes them.
+      - It does not bound C(docker compose) calls; M(fibreflow.qfieldcloud.qfc_worker) has C(compose_timeout)
+        for those.
     type: int
     default: 10
 requirements:
-  - docker (the Python SDK for the Docker Engine API) >= 5.0 on the managed host
+  - read and write access to the Docker daemon's API (its socket) on the managed host; the modules speak the Engine
+    API with the Python standard library, the Docker SDK for Python is not needed
 """

@@ -35,6 +35,8 @@ import tempfile
 import time
 from typing import Any
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile
+
 OVERRIDE_FILE = "docker-compose.override.fibreflow-worker.yml"
 HEADER = (
     "# Managed by the fibreflow.qfieldcloud Ansible collection (module qfc_worker). Do not edit:\n"
@@ -53,7 +55,6 @@ COMPOSE_ENV_VARS = (
     "COMPOSE_PROFILES",
     "COMPOSE_ENV_FILES",
 )
-DEFAULT_COMPOSE_FILES = ("compose.yaml", "compose.yml", "docker-compose.yaml", "docker-compose.yml")
 
 
 class ComposeError(Exception):
@@ -231,16 +232,8 @@ def _split_value(rest: str) -> tuple[str, str, str]:
     """
     if rest[:1] in ("'", '"'):
         quote = rest[0]
-        index = 1
-        while index < len(rest):
-            char = rest[index]
-            if quote == '"' and char == "\\":
-                index += 2
-                continue
-            if char == quote:
-                return quote, rest[1:index], rest[index + 1 :]
-            index += 1
-        return quote, rest[1:], ""
+        index = envfile.find_closing(rest, 1, quote)
+        return (quote, rest[1:index], rest[index + 1 :]) if index >= 0 else (quote, rest[1:], "")
     match = re.search(r"[ \t]+#", rest)
     if match:
         value, tail = rest[: match.start()], rest[match.start() :]
@@ -299,19 +292,6 @@ def set_env_value(text: str, key: str, value: str) -> str:
     return "".join(lines)
 
 
-def default_compose_files(project_dir: str) -> list[str]:
-    """Return the files compose reads when ``COMPOSE_FILE`` is unset (the file and its override)."""
-    for name in DEFAULT_COMPOSE_FILES:
-        if os.path.isfile(os.path.join(project_dir, name)):
-            base, ext = os.path.splitext(name)
-            override = f"{base}.override{ext}"
-            files = [name]
-            if os.path.isfile(os.path.join(project_dir, override)):
-                files.append(override)
-            return files
-    return []
-
-
 def compose_files_with_override(files: list[str], override: str) -> list[str]:
     """Return ``files`` with ``override`` as the last entry (moved there if it appears earlier)."""
     wanted = os.path.normpath(override)
@@ -331,7 +311,7 @@ def planned_env_text(
         separator = (sep_line[1]["value"] if sep_line else "") or ":"
     found = find_env_line(text, "COMPOSE_FILE")
     old = found[1]["value"] if found else None
-    files = old.split(separator) if old else default_compose_files(project_dir)
+    files = old.split(separator) if old else envfile.default_compose_files(project_dir)
     new = separator.join(compose_files_with_override(files, override))
     if old == new:
         return text, old, new
@@ -341,15 +321,6 @@ def planned_env_text(
 # --------------------------------------------------------------------------------------------
 # Files: atomic write, backup
 # --------------------------------------------------------------------------------------------
-
-
-def read_text(path: str) -> str | None:
-    """Return the text of ``path``, or ``None`` when it does not exist."""
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            return handle.read()
-    except FileNotFoundError:
-        return None
 
 
 def backup_file(path: str) -> str:
@@ -429,6 +400,59 @@ class ProjectLock:
 # --------------------------------------------------------------------------------------------
 
 
+# Each command is built by a pure function (its arguments after ``docker compose``); :class:`ComposeCli` runs it.
+def config_args(hash_service: str | None = None) -> list[str]:
+    """``config --format json`` (the effective project), or ``config --hash SERVICE``."""
+    return ["config", "--hash", hash_service] if hash_service else ["config", "--format", "json"]
+
+
+def up_args(service: str, replicas: int, force_recreate: bool = False) -> list[str]:
+    """``up -d --no-deps --no-build --pull never [--force-recreate] --scale SERVICE=N SERVICE``: apply the service
+    (compose recreates what changed) without building or pulling, so a repair never swaps the image."""
+    force = ["--force-recreate"] if force_recreate else []
+    return [
+        "up",
+        "-d",
+        "--no-deps",
+        "--no-build",
+        "--pull",
+        "never",
+        *force,
+        "--scale",
+        f"{service}={int(replicas)}",
+        service,
+    ]
+
+
+def stop_args(service: str) -> list[str]:
+    """``stop SERVICE``: every container of the service, with its grace period."""
+    return ["stop", service]
+
+
+def restart_args(service: str) -> list[str]:
+    """``restart SERVICE``."""
+    return ["restart", service]
+
+
+def service_hash(service_config: dict[str, Any]) -> str:
+    """Compose v2's configuration hash of a service (the ``com.docker.compose.config-hash`` label) from its entry
+    of ``docker compose config --format json``: the SHA-256 of the service's compact JSON, in compose's own key
+    order, without ``build``, ``pull_policy``, ``scale``, ``depends_on``, ``profiles`` and ``deploy.replicas``.
+
+    Compose serialises with Go's HTML escaping of ``<``, ``>`` and ``&``. A value that differs from the label is
+    not proof of drift: the caller asks compose itself (``config --hash``) before recreating.
+    """
+    config = {key: value for key, value in service_config.items() if key not in HASH_EXCLUDED}
+    if isinstance(config.get("deploy"), dict):
+        config["deploy"] = {key: value for key, value in config["deploy"].items() if key != "replicas"}
+    text = json.dumps(config, separators=(",", ":"), ensure_ascii=False)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+HASH_EXCLUDED = ("build", "pull_policy", "scale", "depends_on", "profiles")
+
+
 class ComposeCli:
     """Run ``docker compose --project-directory DIR ...`` with the project's ``.env`` in charge.
 
@@ -494,35 +518,16 @@ class ComposeCli:
 
     def config(self, files: list[str] | None = None, stdin: str | None = None) -> dict[str, Any]:
         """Return the effective project configuration (``docker compose config --format json``)."""
-        return json.loads(self.run("config", "--format", "json", files=files, stdin=stdin))
+        return json.loads(self.run(*config_args(), files=files, stdin=stdin))
 
     def config_hash(self, service: str, files: list[str] | None = None, stdin: str | None = None) -> str:
         """Return compose's configuration hash of ``service`` (the ``com.docker.compose.config-hash`` label)."""
-        out = self.run("config", "--hash", service, files=files, stdin=stdin)
+        out = self.run(*config_args(service), files=files, stdin=stdin)
         for line in out.splitlines():
             parts = line.split()
             if len(parts) == 2 and parts[0] == service:
                 return parts[1]
         raise ComposeError(f"'docker compose config --hash {service}' printed no hash for {service!r}")
-
-    def up(self, service: str, replicas: int, timeout: float | None = None) -> str:
-        """Apply the service: ``up -d --no-deps --scale SERVICE=N SERVICE`` (compose recreates what changed)."""
-        return self.run(
-            "up",
-            "-d",
-            "--no-deps",
-            "--no-build",
-            "--pull",
-            "never",
-            "--scale",
-            f"{service}={int(replicas)}",
-            service,
-            timeout=timeout,
-        )
-
-    def stop(self, service: str, timeout: float | None = None) -> str:
-        """Stop every container of ``service`` with the service's grace period."""
-        return self.run("stop", service, timeout=timeout)
 
     def shell_command(self, *args: str) -> str:
         """Return ``docker compose ARGS`` as a person types it (compose 2.26 resolves ``COMPOSE_FILE`` from

@@ -25,33 +25,14 @@ worker finishes the job it holds, so a job claimed in the last poll before the s
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any, Callable
 
-DEQUEUED_RE = re.compile(r"Dequeued job ([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})")
-IN_FLIGHT = ("queued", "started")
-DEQUEUE_BANNER = "Dequeue QFieldCloud Jobs"
-LOG_TAIL = 2000
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes, database, logsigns, stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_plan import WorkerError
+
+IN_FLIGHT = database.IN_FLIGHT
 IDLE_STOP_WAIT = 15.0
-
-
-def last_dequeued_job(log_text: str) -> str | None:
-    """Return the id of the last job a worker log says it dequeued, or ``None``."""
-    found = DEQUEUED_RE.findall(log_text or "")
-    return found[-1].lower() if found else None
-
-
-def never_reached_database(log_text: str) -> bool:
-    """Tell whether a worker process is still in the entrypoint's wait for an unreachable database.
-
-    True when its log says ``Postgres isn't ready`` but neither ``Postgres is ready`` nor the dequeue banner:
-    the dequeue loop has not started, and when the wait ends it cannot claim a job from a database it
-    cannot reach. Such a process holds no job, so it may be stopped without its grace period (the
-    entrypoint's wait ignores SIGTERM and would otherwise delay a repair by up to 30 s).
-    """
-    text = log_text or ""
-    return "Postgres isn't ready" in text and "Postgres is ready" not in text and DEQUEUE_BANNER not in text
 
 
 def busy_replicas(
@@ -61,7 +42,7 @@ def busy_replicas(
 ) -> dict[str, str]:
     """Return ``{replica name: job id}`` for every replica that is running a job.
 
-    :param replicas: dicts with ``name``, ``running`` and ``last_job`` (from :func:`last_dequeued_job`).
+    :param replicas: dicts with ``name``, ``running`` and ``last_job`` (``logsigns.last_dequeued_job``).
     :param job_status: ``{job id: status}`` read from the database, or ``None`` when it could not be read.
     :param running_job_containers: job ids of running QGIS job containers (``job_id`` label).
     """
@@ -155,3 +136,97 @@ def stop_idle(
             else:
                 outcome[name] = "left"
     return outcome
+
+
+# ---------------------------------------------------------------------------------------------- the drainer
+def current_replicas(engine: Any, replicas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Re-read ``replicas`` through ``engine`` (``docker_engine.Engine``): their state now and the job each one's
+    current process last dequeued (``last_job``)."""
+    current = []
+    for replica in replicas:
+        attrs = engine.inspect(replica["id"])
+        if attrs is None:
+            continue
+        fresh = stack.replica_from_inspect(attrs)
+        fresh["last_job"] = logsigns.last_dequeued_job(engine.current_logs(fresh["id"], fresh.get("started_at")))
+        current.append(fresh)
+    return current
+
+
+def drain(
+    engine: Any, replicas: list[dict[str, Any]], db: dict[str, Any] | None, timeout: float, details: dict[str, Any]
+) -> None:
+    """The drainer: wait (at most ``timeout`` seconds) until none of the running ``replicas`` holds a job in flight.
+
+    The wait is added to ``details["drain_waited_s"]``. When the time runs out a ``WorkerError`` with the code
+    ``drain_timeout`` (naming the option ``drain_timeout``) is raised and nothing has been stopped.
+    """
+    running = [item for item in replicas if item.get("running")]
+    if not running:
+        return
+    busy, waited = _wait_for(engine, running, db, timeout)
+    details["drain_waited_s"] = round(details.get("drain_waited_s", 0) + waited, 1)
+    if busy:
+        raise WorkerError(drain_message(busy, timeout), option="drain_timeout", code=codes.CODE_DRAIN_TIMEOUT)
+
+
+def _wait_for(
+    engine: Any, running: list[dict[str, Any]], db: dict[str, Any] | None, timeout: float
+) -> tuple[dict[str, str], float]:
+
+    def probe() -> dict[str, str]:
+        current = current_replicas(engine, running)
+        jobs = [item["last_job"] for item in current if item.get("last_job") and item.get("running")]
+        statuses = database.job_statuses(db, jobs)
+        containers = engine.running_job_containers() if statuses is None else None
+        return busy_replicas(current, statuses, containers)
+
+    return wait_until_idle([item["name"] for item in running], probe, timeout)
+
+
+def confirmed_idle(engine: Any, replicas: list[dict[str, Any]], db: dict[str, Any] | None) -> set[str] | None:
+    """The names among ``replicas`` that the database shows holding no job, or ``None``.
+
+    ``None`` (nothing confirmed) when the database cannot be read, or when a QGIS job container runs a job that is
+    in flight in the database and none of ``replicas`` names it as its last: a replica may hold it although its log
+    does not say so (or one outside ``replicas`` does; either way, nothing is killed).
+    """
+    current = current_replicas(engine, replicas)
+    claimed = {item["last_job"] for item in current if item.get("last_job")}
+    containers = engine.running_job_containers()
+    statuses = database.job_statuses(db, sorted(claimed | containers), connect_always=True)
+    if statuses is None:
+        return None
+    if any(statuses.get(job) in IN_FLIGHT for job in containers - claimed):
+        return None
+    busy = busy_replicas(current, statuses)
+    return {item["name"] for item in current if item.get("running") and item["name"] not in busy}
+
+
+def stop_idle_replicas(engine: Any, replicas: list[dict[str, Any]], db: dict[str, Any] | None) -> dict[str, str]:
+    """After the drain: stop the replicas that hold no job before compose (or the caller's stop) does.
+
+    compose stops a replica with the service's grace period (15 min upstream), which is there for a worker finishing
+    its job. An idle worker exits on its stop signal at once; one that does not within :data:`IDLE_STOP_WAIT` seconds
+    while the database shows it holds no job is stuck (cut off from its network in the middle of a query, say) and is
+    killed. Everything else keeps its grace period. Returns :func:`stop_idle`'s outcome.
+    """
+    by_name = {item["name"]: item for item in replicas if item.get("running")}
+    if not by_name:
+        return {}
+
+    def terminate(name: str) -> None:
+        attrs = engine.inspect(by_name[name]["id"]) or {}
+        engine.signal(by_name[name]["id"], (attrs.get("Config") or {}).get("StopSignal") or "SIGTERM")
+
+    def running(name: str) -> bool:
+        attrs = engine.inspect(by_name[name]["id"])
+        return bool(attrs and (attrs.get("State") or {}).get("Running"))
+
+    return stop_idle(
+        sorted(by_name),
+        terminate,
+        running,
+        lambda names: confirmed_idle(engine, [by_name[name] for name in names], db),
+        lambda name: engine.signal(by_name[name]["id"]),
+    )

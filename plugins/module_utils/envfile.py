@@ -70,7 +70,7 @@ def _unescape_double(raw: str) -> str:
     return "".join(out)
 
 
-def _find_closing(text: str, start: int, quote: str) -> int:
+def find_closing(text: str, start: int, quote: str) -> int:
     """Return the index of the closing ``quote`` after ``start``, or -1."""
     i = start
     while i < len(text):
@@ -115,7 +115,7 @@ def parse_env(text: str) -> dict[str, str]:
             quote = rest[0]
             # The value may continue on the following lines: search in the whole remaining text.
             offset = pos + line.index(quote)
-            close = _find_closing(text, offset + 1, quote)
+            close = find_closing(text, offset + 1, quote)
             if close == -1:
                 # Unterminated quote: take the rest of the line literally, like a lenient reader.
                 value = rest[1:]
@@ -229,30 +229,70 @@ def _as_int(value: str | None, default: int) -> int:
         return default
 
 
+def default_compose_files(project_dir: str) -> list[str]:
+    """The files compose reads when ``COMPOSE_FILE`` is unset, relative to ``project_dir``: the first of
+    :data:`DEFAULT_COMPOSE_FILES` that exists, and its ``.override`` file when that exists too."""
+    for name in DEFAULT_COMPOSE_FILES:
+        if os.path.isfile(os.path.join(project_dir, name)):
+            stem, ext = os.path.splitext(name)
+            override = f"{stem}.override{ext}"
+            return [name, override] if os.path.isfile(os.path.join(project_dir, override)) else [name]
+    return []
+
+
 def compose_files(project_dir: str, env: dict[str, str]) -> list[str]:
-    """Return the compose files of the project as absolute paths (``COMPOSE_FILE`` or compose's defaults)."""
+    """The compose files of the project as absolute paths (``COMPOSE_FILE`` or compose's defaults)."""
     raw = env.get("COMPOSE_FILE", "")
     if raw.strip():
         separator = env.get("COMPOSE_PATH_SEPARATOR") or ":"
         names = [part.strip() for part in raw.split(separator) if part.strip()]
-        return [os.path.normpath(os.path.join(project_dir, name)) for name in names]
-    for name in DEFAULT_COMPOSE_FILES:
-        candidate = os.path.join(project_dir, name)
-        if os.path.exists(candidate):
-            stem, ext = os.path.splitext(name)
-            files = [candidate]
-            override = os.path.join(project_dir, f"{stem}.override{ext}")
-            if os.path.exists(override):
-                files.append(override)
-            return files
-    return []
+    else:
+        names = default_compose_files(project_dir)
+    return [os.path.normpath(os.path.join(project_dir, name)) for name in names]
 
 
-def project_settings(project_dir: str | None, project_name: str | None = None) -> dict[str, Any]:
+def read_text(path: str) -> str | None:
+    """The text of ``path`` as it is on disk (line endings kept), or ``None`` when it does not exist."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def load_project(project_dir: str | None, project_name: str | None = None) -> dict[str, Any]:
+    """Read the project once: :func:`project_settings` plus ``env_text`` (the ``.env`` text, ``None`` when
+    absent) and ``dotenv`` (its parsed values). Both hold secrets: for the caller's use, never returned as is."""
+    text = None
+    if project_dir:
+        project_dir = os.path.abspath(project_dir)
+        text = read_text(os.path.join(project_dir, ".env"))
+    dotenv = parse_env(text.replace("\r\n", "\n")) if text is not None else {}
+    settings = project_settings(project_dir, project_name, dotenv if text is not None else None)
+    return {**settings, "env_text": text, "dotenv": dotenv, "env_stat": _stat(project_dir)}
+
+
+def _stat(project_dir: str | None) -> tuple[int, int, int] | None:
+    try:
+        found = os.stat(os.path.join(project_dir, ".env")) if project_dir else None
+    except OSError:
+        return None
+    return (found.st_ino, found.st_mtime_ns, found.st_size) if found else None
+
+
+def env_changed(project: dict[str, Any]) -> bool:
+    """Whether ``.env`` changed since :func:`load_project` read it (another run replaced it meanwhile)."""
+    return _stat(project.get("project_dir")) != project.get("env_stat")
+
+
+def project_settings(
+    project_dir: str | None, project_name: str | None = None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Resolve what the collection needs to know about a compose project.
 
     :param project_dir: the compose project directory (holding ``.env``), or ``None``.
     :param project_name: an explicit project name; wins over ``COMPOSE_PROJECT_NAME``.
+    :param env: the parsed ``.env`` when the caller read it already (:func:`load_project`); else it is read here.
     :returns: a dict with ``project_name``, ``project_name_source`` (``argument``, ``env``,
         ``compose_file``, ``directory`` or ``default``), ``project_dir``, ``env_file`` (path or
         ``None``), ``compose_files``, ``path_separator``, ``worker_replicas``, ``default_network`` (the project's
@@ -262,14 +302,14 @@ def project_settings(project_dir: str | None, project_name: str | None = None) -
         the compose files), ``environment``, ``qgis_images`` (variable -> image name) and
         ``postgres`` (``host``, ``port``, ``db``, ``user``; never the password). No secret values.
     """
-    env: dict[str, str] = {}
     env_file = None
     if project_dir:
         project_dir = os.path.abspath(project_dir)
         candidate = os.path.join(project_dir, ".env")
-        if os.path.exists(candidate):
+        if env is not None or os.path.exists(candidate):
             env_file = candidate
-            env = read_env(candidate)
+            env = read_env(candidate) if env is None else env
+    env = env or {}
 
     files = compose_files(project_dir, env) if project_dir else []
     if project_name:

@@ -65,22 +65,20 @@ whose statements re-check what was read.
 
 from __future__ import annotations
 
-import json
-import re
-from datetime import datetime, timezone
+import time
 from typing import Any, Iterable
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes, database, logsigns, stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as spec
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import LOG_TAIL, docker_time
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.logsigns import unique_ids
 
-IN_FLIGHT = drain_mod.IN_FLIGHT
+IN_FLIGHT = database.IN_FLIGHT
 REQUEUE_STARTED_TYPES = ("package", "process_projectfile")
 MARGIN_S = 1.0
 CONFIRM_S = 5.0
 LEFTOVER_WAIT_S = 30.0
-LIMIT = 50
 EVIDENCE = ("claimant_gone", "job_container_ended", "before_current_processes", "overdue")
-# A worker process starts here: the entrypoint's first line, then the dequeue banner.
-PROCESS_START_SIGNS = ("Waiting for postgres", drain_mod.DEQUEUE_BANNER)
 FAIL_NOTE = (
     "[fibreflow.qfieldcloud] The worker process that ran this job is gone (the Docker daemon, the host or the"
     " worker restarted, or the worker was killed); the job was set failed so that the project's later jobs can run."
@@ -92,74 +90,13 @@ FAIL_FEEDBACK = {
     "error_stack": "",
     "container_exit_code": -2,
 }
+
 REAPPLY_HINT = (
     "{deltas} change(s) uploaded from QField to project {project} were not applied; they are now 'error'. An"
     " administrator applies them again in the web admin: Deltas, filter the project and status 'error', select"
     " them, run 'Set status pending', then 'Apply selected deltas'. QField shows the result at its next"
     " synchronisation."
 )
-
-_TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")
-
-
-def docker_time(value: str | None) -> float | None:
-    """Seconds since the epoch of a Docker timestamp (``2026-11-29T08:25:15.918652878Z``), else ``None``.
-
-    ``0001-01-01T00:00:00Z`` (never started) is ``None``. Nanoseconds are kept to the microsecond.
-    """
-    match = _TS.match(str(value or "").strip())
-    if not match or match.group(1).startswith("0001"):
-        return None
-    fraction = (match.group(2) or "0")[:6].ljust(6, "0")
-    zone = match.group(3) or "Z"
-    text = f"{match.group(1)}.{fraction}{'+00:00' if zone == 'Z' else zone}"
-    return datetime.fromisoformat(text).astimezone(timezone.utc).timestamp()
-
-
-# ---------------------------------------------------------------------------------------------- worker logs
-def process_claims(log_text: str, started_at: str | None, running: bool, tail_limit: int) -> dict[str, Any]:
-    """What a worker container's log (read with ``timestamps=True``, at most ``tail_limit`` lines) says it holds.
-
-    :returns: ``last_job`` (the last job its current process dequeued, ``None`` when not running or none),
-        ``last_job_known`` (the read shows that claim, the dequeue banner or the process's beginning, so
-        ``last_job`` is the truth), ``ended_jobs`` (the last job of every ended process the read shows: the
-        earlier processes of a running container, every process of one that does not run).
-    """
-    start = docker_time(started_at) if running else None
-    lines = (log_text or "").splitlines()
-    ended: list[str] = []
-    segment_last: str | None = None
-    current_last: str | None = None
-    current_banner = False
-    saw_earlier = False
-    in_current = running and start is None
-    for line in lines:
-        stamp, _sep, rest = line.partition(" ")
-        when = docker_time(stamp) if stamp[:1].isdigit() else None
-        if when is None:
-            rest = line
-        elif running and start is not None:
-            in_current = when >= start - 1e-6
-        if in_current:
-            job = drain_mod.last_dequeued_job(rest)
-            current_last = job or current_last
-            current_banner = current_banner or drain_mod.DEQUEUE_BANNER in rest
-            continue
-        saw_earlier = True
-        if any(sign in rest for sign in PROCESS_START_SIGNS) and segment_last:
-            ended.append(segment_last)
-            segment_last = None
-        segment_last = drain_mod.last_dequeued_job(rest) or segment_last
-    if segment_last:
-        ended.append(segment_last)
-    if not running:
-        return {"last_job": None, "last_job_known": True, "ended_jobs": _unique(ended)}
-    known = bool(current_last or current_banner or saw_earlier or len(lines) < tail_limit)
-    return {"last_job": current_last, "last_job_known": known, "ended_jobs": _unique(ended)}
-
-
-def _unique(ids: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(str(i).lower() for i in ids if i))
 
 
 # ---------------------------------------------------------------------------------------------- the decision
@@ -203,11 +140,11 @@ def orphaned(
     containers = list(job_containers)
     held = {str(w["last_job"]).lower() for w in running if w.get("last_job")}
     held |= {str(c["job_id"]).lower() for c in containers if c.get("job_id") and c.get("running")}
-    ended = set(_unique(ended_jobs))
+    ended = set(unique_ids(ended_jobs))
     for w in workers:
-        ended |= set(_unique(w.get("ended_jobs") or []))
+        ended |= set(unique_ids(w.get("ended_jobs") or []))
     container_ended = {str(c["job_id"]).lower() for c in containers if c.get("job_id") and not c.get("running")}
-    container_ended |= set(_unique(gone_containers))
+    container_ended |= set(unique_ids(gone_containers))
     found = []
     for job in in_flight:
         job_id = str(job.get("id") or "").lower()
@@ -234,7 +171,7 @@ def confirmed(first: Iterable[dict[str, Any]], second: Iterable[dict[str, Any]])
     earlier = {job["id"]: job for job in first}
     keys = ("status", "started_text", "updated_text")
     return [
-        {**job, "evidence": _unique([*earlier[job["id"]]["evidence"], *job["evidence"]])}
+        {**job, "evidence": unique_ids([*earlier[job["id"]]["evidence"], *job["evidence"]])}
         for job in second
         if job["id"] in earlier and all(earlier[job["id"]].get(k) == job.get(k) for k in keys)
     ]
@@ -289,6 +226,17 @@ def find_in_facts(facts: dict[str, Any]) -> list[dict[str, Any]]:
     )
 
 
+def read_in_flight(conn: Any) -> tuple[list[dict[str, Any]], float]:
+    """The rule's database read: the in-flight jobs (``database.read_in_flight``) and the database's clock."""
+    return database.read_in_flight(conn)
+
+
+def recover(conn: Any, jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Recover ``jobs`` (each with its ``action``) in one transaction, a failed one saying why (:data:`FAIL_NOTE`);
+    the statements re-check what was read (``database.recover``). Returns the jobs actually changed."""
+    return database.recover(conn, jobs, FAIL_NOTE, FAIL_FEEDBACK)
+
+
 def user_action(job: dict[str, Any]) -> str | None:
     """What a person does after the recovery of ``job``, or ``None`` when the queue does it by itself."""
     if job.get("action") == "requeue":
@@ -312,143 +260,178 @@ def summary(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------------------------------------- SQL
-# The end of a job that ended: upstream gives a failed job no finished_at unless the cron or the runner's
-# exception path failed it; then the time its container ended, else its start.
-ENDED_SQL = "coalesce({a}.finished_at, {a}.docker_finished_at, {a}.started_at)"
+# ---------------------------------------------------------------------------------------------- recovery (qfc_worker)
+def worker_claims(engine: Any, project: str) -> dict[str, Any] | None:
+    """What the engine shows of the holders of ``project``'s jobs (the Docker half of the rule).
 
-
-def since_sql(alias: str = "j", with_claims: bool = False) -> str:
-    """The most recent sign of an in-flight job's state, a timestamptz (see the module's docstring).
-
-    ``with_claims``: the statement has a ``%(claims)s`` parameter, a JSON object ``{job id: epoch seconds}`` of
-    the ``Dequeued job`` lines of running workers (the time of the claim itself, when the caller knows it).
+    Every dequeue worker container of the project (compose replicas and hand-started ones, running or not) with
+    :func:`logsigns.process_claims` of its log, and every QGIS job container (``job_id`` label) with its state.
+    ``None`` when a running worker's start or log cannot be read: it may hold any job.
     """
-    other = ENDED_SQL.format(a="o")
-    claim = f" to_timestamp((%(claims)s::jsonb ->> {alias}.id::text)::float8)," if with_claims else ""
-    return (
-        f"CASE WHEN {alias}.status = 'started' AND {alias}.started_at IS NOT NULL THEN {alias}.started_at"
-        f" ELSE greatest({alias}.created_at, {alias}.updated_at, {alias}.started_at,{claim}"
-        f" (SELECT max({other}) FROM core_job o WHERE o.project_id = {alias}.project_id AND o.id <> {alias}.id"
-        f" AND o.status NOT IN ('pending', 'queued', 'started') AND {other} > {alias}.created_at)) END"
-    )
-
-
-def deltas_sql(has_applyjobdelta: bool, alias: str = "j") -> str:
-    """How many deltas of a delta_apply job are still pending/started (what a failure leaves to re-apply)."""
-    if not has_applyjobdelta:
-        return "0"
-    return (
-        f"CASE WHEN {alias}.type = 'delta_apply' THEN (SELECT count(*) FROM core_applyjobdelta a"
-        " JOIN core_delta d ON d.id = a.delta_id WHERE a.apply_job_id = "
-        f"{alias}.id AND (a.status IN ('pending', 'started') OR d.last_status IN ('pending', 'started'))) ELSE 0 END"
-    )
-
-
-def in_flight_sql(has_applyjobdelta: bool, limit: int = LIMIT, with_claims: bool = False) -> str:
-    """The in-flight jobs, oldest first, as rows for :func:`in_flight_row`."""
-    return (
-        "SELECT j.id::text AS id, j.status, j.type, j.project_id::text AS project_id,"
-        " extract(epoch FROM j.created_at)::float8 AS created_at,"
-        " extract(epoch FROM j.started_at)::float8 AS started_at,"
-        f" extract(epoch FROM {since_sql('j', with_claims)})::float8 AS since,"
-        f" {deltas_sql(has_applyjobdelta)} AS deltas,"
-        " j.updated_at::text AS updated_text, j.started_at::text AS started_text"
-        f" FROM core_job j WHERE j.status IN ('queued', 'started') ORDER BY j.created_at LIMIT {int(limit)}"
-    )
-
-
-def in_flight_row(row: Iterable[Any]) -> dict[str, Any]:
-    """One row of :func:`in_flight_sql` as a dict."""
-    job_id, status, job_type, project, created, started, since, deltas, updated_text, started_text = tuple(row)
-    return {
-        "id": str(job_id).lower(),
-        "status": status,
-        "type": job_type,
-        "project_id": None if project is None else str(project).lower(),
-        "created_at": None if created is None else float(created),
-        "started_at": None if started is None else float(started),
-        "since": None if since is None else float(since),
-        "deltas": int(deltas or 0),
-        "updated_text": updated_text,
-        "started_text": started_text,
-    }
-
-
-HAS_DELTA_TABLES = (
-    "to_regclass('public.core_applyjobdelta') IS NOT NULL AND to_regclass('public.core_delta') IS NOT NULL"
-)
-HAS_APPLYJOBDELTA_SQL = f"SELECT {HAS_DELTA_TABLES}, extract(epoch FROM now())"
-
-# Each statement re-checks the state that was read (status, started_at, updated_at to the microsecond), so a job
-# that moved in between is left alone.
-_RECHECK = (
-    " WHERE id = %(id)s::uuid AND status = %(status)s AND updated_at = %(updated_text)s::timestamptz"
-    " AND started_at IS NOT DISTINCT FROM %(started_text)s::timestamptz"
-)
-REQUEUE_SQL = (
-    "UPDATE core_job SET status = 'pending', started_at = NULL, docker_started_at = NULL,"
-    " docker_finished_at = NULL, container_id = '', updated_at = now()" + _RECHECK + " RETURNING id"
-)
-FAIL_SQL = (
-    "UPDATE core_job SET status = 'failed', finished_at = now(), feedback = %(feedback)s::jsonb,"
-    " output = concat_ws(E'\\n', nullif(output, ''), %(note)s)" + _RECHECK + " RETURNING started_at, created_by_id"
-)
-FAIL_DELTAS_SQL = (
-    "UPDATE core_delta d SET last_status = 'error', last_feedback = NULL, last_modified_pk = NULL,"
-    " last_apply_attempt_at = %(started_at)s, last_apply_attempt_by_id = %(by)s"
-    " FROM core_applyjobdelta a WHERE a.apply_job_id = %(id)s::uuid AND a.delta_id = d.id"
-    " AND d.last_status IN ('pending', 'started')"
-)
-FAIL_APPLYJOBDELTAS_SQL = (
-    "UPDATE core_applyjobdelta SET status = 'error', feedback = NULL, modified_pk = NULL"
-    " WHERE apply_job_id = %(id)s::uuid AND status IN ('pending', 'started')"
-)
-
-
-def read_in_flight(conn: Any) -> tuple[list[dict[str, Any]], float]:
-    """The ``queued``/``started`` jobs (at most ``LIMIT``, oldest first) and the database's clock (epoch s)."""
-    with conn.cursor() as cur:
-        cur.execute(HAS_APPLYJOBDELTA_SQL)
-        has_applyjobdelta, now = cur.fetchone()
-        cur.execute(in_flight_sql(bool(has_applyjobdelta)))
-        rows = [in_flight_row(row) for row in cur.fetchall()]
-    conn.commit()  # end the read's transaction: the second read must see later commits
-    return rows, float(now)
-
-
-def recover(conn: Any, jobs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Apply each job's ``action`` in one transaction; return the jobs actually changed.
-
-    A failed ``delta_apply`` job's dict gets ``deltas``: how many of its deltas were set ``error``.
-    """
-    done = []
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT {HAS_DELTA_TABLES}")
-        has_applyjobdelta = bool(cur.fetchone()[0])
-        for job in jobs:
-            params = {
-                "id": job["id"],
-                "status": job["status"],
-                "updated_text": job.get("updated_text"),
-                "started_text": job.get("started_text"),
-                "note": FAIL_NOTE,
-                "feedback": json.dumps(FAIL_FEEDBACK),
+    workers = []
+    for summary in engine.containers():
+        if "dequeue" not in str(summary.get("Command") or ""):
+            continue
+        attrs = engine.inspect(summary["Id"])
+        if attrs is None:
+            continue
+        replica = stack.replica_from_inspect(attrs)
+        if project not in (replica.get("compose_project"), replica.get("env_project")):
+            continue
+        if not spec.is_dequeue_command(replica["command"]):
+            continue
+        # A container waiting to be restarted by its policy has no live process.
+        running = bool(replica.get("running")) and not replica.get("restarting")
+        start = docker_time(replica.get("started_at"))
+        if running and start is None:
+            return None
+        text = engine.logs(replica["id"], LOG_TAIL)
+        if text is None:
+            if running:
+                return None
+            continue
+        claims = logsigns.process_claims(text, replica.get("started_at"), running, LOG_TAIL)
+        workers.append(
+            {
+                "id": replica["id"],
+                "name": replica["name"],
+                "running": running,
+                "started_at": replica.get("started_at"),
+                "process_start": start,
+                **claims,
             }
-            if job["action"] == "requeue":
-                cur.execute(REQUEUE_SQL, params)
-                if cur.fetchone() is not None:
-                    done.append({**job, "deltas": 0})
-                continue
-            cur.execute(FAIL_SQL, params)
-            changed = cur.fetchone()
-            if changed is None:
-                continue
-            deltas = 0
-            if job.get("type") == "delta_apply" and has_applyjobdelta:
-                cur.execute(FAIL_DELTAS_SQL, {"id": job["id"], "started_at": changed[0], "by": changed[1]})
-                deltas = max(0, cur.rowcount)
-                cur.execute(FAIL_APPLYJOBDELTAS_SQL, {"id": job["id"]})
-            done.append({**job, "deltas": deltas})
-    conn.commit()
-    return done
+        )
+    return {"workers": workers, "job_containers": engine.job_containers()}
+
+
+def ended_since(before: dict[str, Any] | None, now: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Evidence only a look before this run's changes gives: ``(jobs named last by worker processes that ran then
+    and have ended since, jobs whose QGIS container ran then and does not now)``. A replaced container takes its
+    log with it; a worker that restarts may remove a leftover QGIS container."""
+    if not before:
+        return [], []
+    later = {item["id"]: item for item in now["workers"]}
+    ended = []
+    for item in before["workers"]:
+        if not item.get("running") or not item.get("last_job"):
+            continue
+        same = later.get(item["id"])
+        if same is None or not same["running"] or same.get("started_at") != item.get("started_at"):
+            ended.append(item["last_job"])
+    running_now = {c["job_id"] for c in now["job_containers"] if c["running"]}
+    gone = [c["job_id"] for c in before["job_containers"] if c["running"] and c["job_id"] not in running_now]
+    return ended, gone
+
+
+def read_once(engine: Any, conn: Any, scope: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any] | None:
+    """One read of the rule: the database first, then Docker. ``None``: nothing can be proven.
+
+    ``scope``: ``project`` and ``env`` (the app's environment: ``QFIELDCLOUD_WORKER_TIMEOUT_S``).
+    """
+    jobs, db_now = read_in_flight(conn)
+    claims = worker_claims(engine, scope["project"])
+    if claims is None:
+        return None
+    ended, gone = ended_since(before, claims)
+    raw_timeout = str((scope.get("env") or {}).get("QFIELDCLOUD_WORKER_TIMEOUT_S") or "").strip()
+    timeout = float(raw_timeout) if raw_timeout.isdigit() and int(raw_timeout) > 0 else None
+    found = orphaned(jobs, claims["workers"], claims["job_containers"], ended, gone, timeout, db_now)
+    named = {item["last_job"] for item in claims["workers"] if item["running"] and item.get("last_job")}
+    in_flight = {job["id"] for job in jobs}
+    leftovers = sorted(
+        {c["job_id"] for c in claims["job_containers"] if c["running"] and c["job_id"] in in_flight} - named
+    )
+    # Jobs last named by a worker process that has ended: their QGIS container's result is never read.
+    claimant_gone = set(ended)
+    for item in claims["workers"]:
+        claimant_gone.update(item.get("ended_jobs") or [])
+    stale = sorted(job for job in leftovers if job in claimant_gone)
+    return {"found": found, "leftovers": leftovers, "stale": stale, "at": time.monotonic()}
+
+
+def _retire_stale(engine: Any, conn: Any, scope: dict, before: dict | None, first: dict, out: dict) -> dict:
+    """Remove the QGIS containers that still run a job whose worker process is proven gone (on two reads
+    :data:`CONFIRM_S` apart): the process that would read their result is dead, so they only hold the job, and its
+    project, until they end. Check mode says it would. Returns a fresh read."""
+    time.sleep(max(0.0, CONFIRM_S - (time.monotonic() - first["at"])))
+    second = read_once(engine, conn, scope, before)
+    stale = sorted(set(first["stale"]) & set((second or {}).get("stale") or []))
+    for job in stale:
+        verb = "would remove" if scope["check"] else "removed"
+        out["actions"].append(f"{verb} the QGIS container of job {job}: the worker process that ran it is gone")
+        if not scope["check"]:
+            engine.remove_job_container(job)
+    if not stale or scope["check"]:
+        return second if second is not None else first
+    return read_once(engine, conn, scope, before) or first
+
+
+def _confirmed_read(engine: Any, conn: Any, scope: dict, before: dict | None, out: dict) -> list[dict[str, Any]]:
+    """The orphaned jobs two reads :data:`CONFIRM_S` apart agree on (after retiring stale leftovers and, when this
+    run changed workers, waiting for the new ones to remove leftover QGIS containers)."""
+    first = read_once(engine, conn, scope, before)
+    if first is not None and first["stale"]:
+        first = _retire_stale(engine, conn, scope, before, first, out)
+    if first is not None and first["leftovers"] and scope["changed"] and not scope["check"]:
+        deadline = time.monotonic() + LEFTOVER_WAIT_S
+        while first is not None and first["leftovers"] and time.monotonic() < deadline:
+            time.sleep(1.0)
+            first = read_once(engine, conn, scope, before)
+    if first is None or not first["found"]:
+        return []
+    time.sleep(max(0.0, CONFIRM_S - (time.monotonic() - first["at"])))
+    second = read_once(engine, conn, scope, before)
+    return confirmed(first["found"], second["found"]) if second else []
+
+
+def recover_orphans(engine: Any, db: dict[str, Any], scope: dict[str, Any], before: dict | None) -> dict[str, Any]:
+    """Recover the jobs whose worker process is gone; in check mode only report them.
+
+    Runs after the worker set is right (or would be, in check mode), so the running workers' processes are the ones
+    that pick the jobs up again. ``scope``: ``project``, ``env``, ``check`` (check mode) and ``changed`` (this run
+    restarted or replaced workers: a QGIS container still running a job no live process names is waited for, at
+    most :data:`LEFTOVER_WAIT_S`, so that its job is recovered in this run). ``before`` is :func:`worker_claims`
+    from before this run's changes.
+
+    :returns: ``{drift, actions, orphaned_jobs}`` (``orphaned_jobs`` is ``None`` when none was recovered).
+    """
+    out: dict[str, Any] = {"drift": [], "actions": [], "orphaned_jobs": None}
+    conn = database.open_db(db)
+    if conn is None:  # the database cannot be read: nothing to prove; qfc_sync_facts reports it
+        return out
+    try:
+        found = _confirmed_read(engine, conn, scope, before, out)
+        if not found:
+            return out
+        for job in found:
+            lost = decide(job) == "fail" and job.get("deltas")
+            lost = f"; its {job['deltas']} delta(s) need re-applying" if lost else ""
+            out["drift"].append(
+                {
+                    "replica": None,
+                    "field": "job",
+                    "expected": f"{job['id']} held by a running worker, or pending",
+                    "actual": f"{job['status']} ({job['type']}) of project {job['project_id']} by a worker"
+                    f" process that is gone{lost}",
+                    "code": codes.CODE_JOBS_ORPHANED,
+                }
+            )
+        done = found if scope["check"] else recover(conn, found)
+    finally:
+        conn.close()
+    for job in done:
+        out["actions"].append(
+            f"job {job['id']} ({job['status']} {job['type']}, its worker process is gone): {what(job, scope['check'])}"
+        )
+    out["orphaned_jobs"] = [summary(job) for job in done]
+    return out
+
+
+def what(job: dict[str, Any], check: bool) -> str:
+    """What the recovery does (or would do) to ``job``, as the action says it."""
+    if job["action"] == "requeue":
+        return f"put back to pending (project {job['project_id']})"
+    text = f"set failed (it may have run in part; project {job['project_id']}"
+    if job.get("type") == "delta_apply":
+        text += f", {job['deltas']} delta(s) {'would be ' if check else ''}set error to re-apply"
+    return text + ")"

@@ -27,6 +27,8 @@ import json
 import re
 from typing import Any, Iterable
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import env_dict
+
 MASK = "********"
 MIN_SECRET_LENGTH = 4
 
@@ -42,18 +44,6 @@ _ENV_ITEM_RE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_.\-]*)=(?P<value>.*)$",
 def is_secret_key(name: str) -> bool:
     """Tell whether a variable or field name looks like it holds a secret."""
     return bool(SECRET_KEY_RE.search(str(name)))
-
-
-def env_to_dict(env: Any) -> dict[str, str]:
-    """Return a container environment (``["K=V", ...]`` or dict) as a dict."""
-    if isinstance(env, dict):
-        return {str(k): "" if v is None else str(v) for k, v in env.items()}
-    result: dict[str, str] = {}
-    for item in env or []:
-        key, sep, value = str(item).partition("=")
-        if sep:
-            result[key] = value
-    return result
 
 
 def _json_secret_leaves(value: str) -> list[str]:
@@ -108,7 +98,7 @@ class Redactor:
 
     def learn_env(self, env: Any) -> None:
         """Register the secret values of an environment (dict or ``["K=V", ...]``)."""
-        for key, value in env_to_dict(env).items():
+        for key, value in env_dict(env).items():
             if is_secret_key(key):
                 self.add(value)
                 for leaf in _json_secret_leaves(value):

@@ -20,24 +20,23 @@ take the Docker Engine API's JSON as plain dicts and are unit-tested without Doc
 from __future__ import annotations
 
 import fnmatch
-import re
 import time
-import traceback
 from typing import Any, Iterable
 
-try:
-    import docker
-
-    HAS_DOCKER = True
-    DOCKER_IMPORT_ERROR = None
-except ImportError:  # reported by the module with missing_required_lib()
-    docker = None
-    HAS_DOCKER = False
-    DOCKER_IMPORT_ERROR = traceback.format_exc()
-
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import env_to_dict
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine as engine_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import logsigns
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import (
+    LABEL_CONFIG_HASH,
+    LABEL_MANAGED,
+    LABEL_NUMBER,
+    LABEL_ONEOFF,
+    LABEL_PROJECT,
+    LABEL_SERVICE,
+    LABEL_SPEC,
+    container_name,
+    env_dict,
+    split_current_run,
+)
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_spec import (
     DOCKER_SOCKET,
     WORKER_SERVICE,
@@ -48,56 +47,14 @@ from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_spec 
     replica_mounts,
 )
 
-COMPOSE_PROJECT = "com.docker.compose.project"
-COMPOSE_SERVICE = "com.docker.compose.service"
-COMPOSE_NUMBER = "com.docker.compose.container-number"
-COMPOSE_ONEOFF = "com.docker.compose.oneoff"
-COMPOSE_CONFIG_HASH = "com.docker.compose.config-hash"
 EXPECTED_SERVICES = ("app", "db", "memcached", "nginx", "ofelia", WORKER_SERVICE)
 QGIS_SERVICES = ("qgis3", "qgis4", "qgis")
 
-LOG_PATTERNS = {
-    "postgres_not_ready": re.compile(r"Postgres isn't ready"),
-    "postgres_ready": re.compile(r"Postgres is ready"),
-    "host_unresolved": re.compile(r"could not translate host name"),
-    "socket_denied": re.compile(
-        r"PermissionError\(13|Permission denied.*(docker|\.sock)|(docker|\.sock).*Permission denied", re.I
-    ),
-    "relation_missing": re.compile(r"relation \"[^\"]+\" does not exist"),
-    "network_not_found": re.compile(r"network [^ ]+ not found"),
-    "pull_denied": re.compile(r"pull access denied"),
-    "dequeued_jobs": re.compile(r"Dequeued job"),
-    "dequeue_banner": re.compile(r"Dequeue QFieldCloud Jobs from the DB"),
-    # Upstream's worker on a replica: "Expected `worker_wrapper` to be connected to the master DB node!".
-    "replica_refused": re.compile(r"connected to the master DB node|read-only replica|pg_is_in_recovery", re.I),
-    # v26.24+ with an empty QFIELDCLOUD_WORKER_TIMEOUT_S: the int() parse at start fails.
-    "timeout_invalid": re.compile(r"invalid literal for int\(\) with base 10: ''"),
-}
-# Signs that explain a fault (the others are signs of health), and the bounds of the log lines kept as evidence.
-FAULT_SIGNS = tuple(k for k in LOG_PATTERNS if k not in ("postgres_ready", "dequeued_jobs", "dequeue_banner"))
-# The fault signs that end or stall the worker's own loop; the others (a job's network or image) fail one job.
-LOOP_FAULT_SIGNS = ("host_unresolved", "socket_denied", "relation_missing", "replica_refused", "timeout_invalid")
 LOG_EXCERPT_LINES = 20
 LOG_LINE_WIDTH = 300
 
 
-# ---------------------------------------------------------------------------------------------- client
-def docker_client(docker_host: str, timeout: float) -> Any:
-    """Return a low-level ``docker.APIClient`` (imported lazily so callers can guard the import).
-
-    Raises the SDK's exception when the daemon cannot be reached (API version negotiation calls it).
-    """
-    return docker.APIClient(base_url=docker_host, timeout=timeout, version="auto")
-
-
 # ---------------------------------------------------------------------------------------------- pure
-def _name(entry: dict[str, Any]) -> str:
-    names = entry.get("Names") or []
-    if names:
-        return str(names[0]).lstrip("/")
-    return str(entry.get("Name") or "").lstrip("/")
-
-
 def _networks_of_list_entry(entry: dict[str, Any]) -> list[str]:
     return sorted(((entry.get("NetworkSettings") or {}).get("Networks") or {}).keys())
 
@@ -109,7 +66,7 @@ def is_compose_container(labels: dict[str, Any]) -> bool:
     started by hand from such an image inherits them; only compose sets the container number and the
     config hash.
     """
-    return COMPOSE_PROJECT in labels and (COMPOSE_NUMBER in labels or COMPOSE_CONFIG_HASH in labels)
+    return LABEL_PROJECT in labels and (LABEL_NUMBER in labels or LABEL_CONFIG_HASH in labels)
 
 
 def worker_name_patterns(project: str) -> list[str]:
@@ -145,19 +102,19 @@ def classify_containers(
     result: dict[str, Any] = {"project": {}, "hand_started": [], "jobs": [], "foreign_workers": []}
     for entry in containers:
         labels = entry.get("Labels") or {}
-        name = _name(entry)
+        name = container_name(entry)
         nets = _networks_of_list_entry(entry)
         on_network = network in nets
         if is_compose_container(labels):
-            if labels.get(COMPOSE_PROJECT) != project:
-                if labels.get(COMPOSE_SERVICE) == WORKER_SERVICE and entry.get("State") == "running":
+            if labels.get(LABEL_PROJECT) != project:
+                if labels.get(LABEL_SERVICE) == WORKER_SERVICE and entry.get("State") == "running":
                     result["foreign_workers"].append(entry)
                 continue  # another compose project
-            if labels.get(COMPOSE_ONEOFF) == "True":
+            if labels.get(LABEL_ONEOFF) == "True":
                 continue  # `docker compose run` one-off containers are not services
-            result["project"].setdefault(labels.get(COMPOSE_SERVICE) or "", []).append(entry)
+            result["project"].setdefault(labels.get(LABEL_SERVICE) or "", []).append(entry)
             continue
-        if labels.get(COMPOSE_PROJECT) not in (None, project):
+        if labels.get(LABEL_PROJECT) not in (None, project):
             continue  # started by hand from another project's image
         image = normalise_image_ref(entry.get("Image"))
         our_image = image in images or (entry.get("ImageID") in image_ids)
@@ -186,11 +143,11 @@ def container_facts(inspect: dict[str, Any], network: str | None = None) -> dict
     labels = config.get("Labels") or {}
     nets = (inspect.get("NetworkSettings") or {}).get("Networks") or {}
     health = (state.get("Health") or {}).get("Status")
-    number = labels.get(COMPOSE_NUMBER)
+    number = labels.get(LABEL_NUMBER)
     return {
         "name": str(inspect.get("Name") or "").lstrip("/"),
         "id": str(inspect.get("Id") or "")[:12],
-        "service": labels.get(COMPOSE_SERVICE),
+        "service": labels.get(LABEL_SERVICE),
         "number": int(number) if str(number or "").isdigit() else None,
         "compose": is_compose_container(labels),
         "state": state.get("Status"),
@@ -266,7 +223,7 @@ def replica_facts(inspect: dict[str, Any], network: str | None = None, image_use
     facts = container_facts(inspect, network)
     config = inspect.get("Config") or {}
     host = inspect.get("HostConfig") or {}
-    env = env_to_dict(config.get("Env"))
+    env = env_dict(config.get("Env"))
     security = [str(opt) for opt in host.get("SecurityOpt") or []]
     facts.update(
         {
@@ -293,6 +250,29 @@ def replica_facts(inspect: dict[str, Any], network: str | None = None, image_use
     return facts
 
 
+def replica_from_inspect(attrs: dict[str, Any], image_user: str | None = None) -> dict[str, Any]:
+    """The replica dict ``qfc_worker`` plans with: :func:`replica_facts` (what ``qfc_sync_facts`` reports) plus the
+    full id, compose's configuration hash and container number, this collection's own labels and the project named
+    in the container's environment."""
+    config = attrs.get("Config") or {}
+    labels = config.get("Labels") or {}
+    replica = replica_facts(attrs, None, image_user)
+    replica.update(
+        {
+            "id": attrs.get("Id"),
+            "cmd": list(config.get("Cmd") or []),
+            "status": (attrs.get("State") or {}).get("Status"),
+            "config_hash": labels.get(LABEL_CONFIG_HASH),
+            "number": int(labels.get(LABEL_NUMBER) or 0),
+            "compose_project": labels.get(LABEL_PROJECT),
+            "managed_by": labels.get(LABEL_MANAGED),
+            "spec_hash": labels.get(LABEL_SPEC),
+            "env_project": env_dict(config.get("Env")).get("COMPOSE_PROJECT_NAME"),
+        }
+    )
+    return replica
+
+
 def clip_line(line: str, width: int = LOG_LINE_WIDTH) -> str:
     """One log line without trailing blanks, cut to ``width`` characters (an ellipsis marks the cut)."""
     line = line.rstrip()
@@ -307,63 +287,10 @@ def log_excerpt(text: str, max_lines: int = LOG_EXCERPT_LINES, width: int = LOG_
     """
     found = []
     for line in text.splitlines():
-        signs = [key for key in FAULT_SIGNS if LOG_PATTERNS[key].search(line)]
+        signs = logsigns.fault_signs(line)
         if signs:
             found.append({"signs": signs, "line": clip_line(line, width)})
     return found[-max_lines:] if max_lines > 0 else []
-
-
-# Signs of a database the worker could not reach: history once the same process has said it is ready.
-DB_WAIT_SIGNS = ("postgres_not_ready", "host_unresolved")
-
-
-def split_current_run(text: str, started_at: str | None) -> tuple[str, str]:
-    """Split a log read with ``timestamps=True`` into ``(whole log, current process's log)``, stamps removed.
-
-    The current process's log is the lines stamped at or after ``started_at`` (the container's
-    ``State.StartedAt``): the earlier runs of a restarted container (before a Docker daemon restart, or
-    in a crash loop) must not raise problems about the present. Lines without a stamp go with the line
-    before them; a log without stamps is the current process's whole.
-    """
-    start = orphans_mod.docker_time(started_at)
-    whole: list[str] = []
-    current: list[str] = []
-    in_current = True
-    for line in text.splitlines():
-        stamp, _sep, rest = line.partition(" ")
-        when = orphans_mod.docker_time(stamp) if stamp[:1].isdigit() else None
-        if when is None:
-            rest = line
-        elif start is not None:
-            in_current = when >= start - 1e-6
-        whole.append(rest)
-        if in_current:
-            current.append(rest)
-    return "\n".join(whole), "\n".join(current)
-
-
-def log_signs(text: str) -> dict[str, Any]:
-    """Count the known signs in the log of a worker's current process (see :data:`LOG_PATTERNS`).
-
-    The database-wait signs count only after the last ``Postgres is ready`` line: the entrypoint's retries
-    before the database answered are history once it has. ``last_job`` is the job of the last
-    ``Dequeued job`` line.
-    """
-    lines = text.splitlines()
-    counts: dict[str, Any] = {key: 0 for key in LOG_PATTERNS}
-    for line in lines:
-        for key, pattern in LOG_PATTERNS.items():
-            if pattern.search(line):
-                if key == "postgres_ready":
-                    for sign in DB_WAIT_SIGNS:
-                        counts[sign] = 0
-                counts[key] += 1
-    counts["last_job"] = drain_mod.last_dequeued_job(text)
-    counts["dequeue_banner"] = counts["dequeue_banner"] > 0
-    # Past the banner: it is in the log read, or a job was dequeued since (the banner may be further back).
-    counts["dequeuing"] = counts["dequeue_banner"] or counts["dequeued_jobs"] > 0
-    counts["lines_scanned"] = len(lines)
-    return counts
 
 
 def image_index(images: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -414,7 +341,7 @@ def job_container_facts(entry: dict[str, Any]) -> dict[str, Any]:
     """Plain facts of a QGIS job container from its listing entry (no inspect needed)."""
     labels = entry.get("Labels") or {}
     return {
-        "name": _name(entry),
+        "name": container_name(entry),
         "id": str(entry.get("Id") or "")[:12],
         "job_id": labels.get("job_id"),
         "project_id": labels.get("project_id"),
@@ -453,16 +380,126 @@ def _inspect(client: Any, container_id: str) -> dict[str, Any] | None:
     """Inspect one container; ``None`` when it vanished between the listing and the inspect."""
     try:
         return client.inspect_container(container_id)
-    except Exception as exc:
-        if getattr(getattr(exc, "response", None), "status_code", None) == 404:
-            return None
-        raise
+    except engine_mod.NotFound:
+        return None
 
 
-def _decode(data: Any) -> str:
-    if isinstance(data, bytes):
-        return data.decode("utf-8", errors="replace")
-    return str(data or "")
+def _service_facts(inspected: dict[str, list[dict[str, Any]]], network: str) -> tuple[dict, dict, dict]:
+    """``(services, containers, dns_names)`` of the inspected project containers, by service."""
+    services: dict[str, Any] = {}
+    containers: dict[str, list[dict[str, Any]]] = {}
+    # The names each service's (first running) container answers to on each of its networks: where POSTGRES_HOST
+    # resolves, and so which network the worker must be on.
+    dns_names: dict[str, dict[str, list[str]]] = {}
+    for service, docs in inspected.items():
+        live = [d for d in docs if (d.get("State") or {}).get("Running")]
+        if live:
+            dns_names[service] = container_dns_names(live[0])
+    for service in sorted(set(EXPECTED_SERVICES) | set(inspected)):
+        docs = inspected.get(service, [])
+        facts = [container_facts(d, network) for d in docs]
+        containers[service] = facts
+        running = [f for f in facts if f["running"]]
+        first = (running or facts or [{}])[0]
+        services[service] = {
+            "present": bool(facts),
+            "containers": len(facts),
+            "running": len(running),
+            "state": first.get("state"),
+            "health": first.get("health"),
+            "restart_count": sum(f["restart_count"] for f in facts),
+            "image": first.get("image"),
+            "image_id": first.get("image_id"),
+            "started_at": first.get("started_at"),
+            "created": first.get("created"),
+            "ports": first.get("ports") or [],
+        }
+    return services, containers, dns_names
+
+
+def _read_worker_logs(client: Any, reps: list[dict[str, Any]], log_lines: int, log_tail_lines: int) -> None:
+    """Add ``log`` (signs and claims), ``log_tail`` and ``log_excerpt`` to each worker replica (one bounded read)."""
+    for rep in reps:
+        # A live worker's log gives the signs; a stopped one's only says why it stopped (no signs: its old
+        # lines must not raise problems about the present).
+        live = rep["running"] or rep["restarting"] or rep["restart_count"]
+        ever_started = not str(rep.get("started_at") or "0001").startswith("0001")
+        if log_lines <= 0 or not (live or ever_started):
+            continue
+        try:
+            raw = client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines), timestamps=True)
+            raw = engine_mod.decode(raw)
+        except Exception as exc:  # a log driver without read support: not a finding
+            rep["log"] = {"error": str(exc)}
+            continue
+        text, current = split_current_run(raw, rep.get("started_at"))
+        running_now = bool(rep["running"] and not rep["restarting"])
+        # What the replica's processes hold or held (orphan detection): the current one's last claim, and the
+        # last claim of each process that ended (earlier runs of this container, or all of a stopped one).
+        claims = logsigns.process_claims(raw, rep.get("started_at"), running_now, int(log_lines))
+        rep["log"] = dict(logsigns.log_signs(current), **claims) if live else claims
+        tail = text.splitlines()[-log_tail_lines:] if log_tail_lines > 0 else []
+        rep["log_tail"] = [clip_line(line) for line in tail]
+        # The lines that explain a problem come from the current process; from earlier runs only when it has
+        # said nothing yet (a crash loop just restarted).
+        rep["log_excerpt"] = log_excerpt(current) or log_excerpt(text)
+
+
+def _image_facts(
+    images: dict[str, dict[str, Any]],
+    replicas: list[dict[str, Any]],
+    names: list[str],
+    envs: dict[str, dict[str, str]],
+    qgis_images: dict[str, str] | None,
+    inspected: dict[str, list[dict[str, Any]]],
+    project: str,
+) -> dict[str, Any]:
+    """The worker, app and QGIS images: present or not, by name."""
+    # Images: worker (what compose resolved for the service: an existing replica's image reference, else the
+    # compose files' `image:`, else the local build names), app, QGIS (by the variables the worker uses).
+    resolved = [r["image"] for r in replicas if r.get("image")]
+    candidates = resolved[:1] or names
+    worker_name = next((n for n in candidates if normalise_image_ref(n) in images), candidates[0])
+    qgis_vars: dict[str, str] = {}
+    for source in (envs.get(WORKER_SERVICE), envs.get("app"), envs.get("hand_started"), qgis_images):
+        for key, value in (source or {}).items():
+            if key.startswith("QFIELDCLOUD_QGIS") and key.endswith("IMAGE_NAME") and value:
+                qgis_vars.setdefault(key, value)
+    if not qgis_vars:
+        built = [s for s in QGIS_SERVICES if s in inspected]
+        for service in built or ["qgis3"]:
+            qgis_vars[f"compose service {service}"] = f"{project}-{service}"
+    image_facts = {
+        "worker": dict(image_fact(images, worker_name), source="container" if resolved else "compose"),
+        "app": image_fact(images, f"{project}-app"),
+        "qgis": [image_fact(images, name, var) for var, name in sorted(qgis_vars.items())],
+    }
+    return image_facts
+
+
+def _foreign_and_job_network(client: Any, groups: dict[str, Any], job_network: str | None) -> tuple[list, dict]:
+    """The running workers of other compose projects (with their ``ENVIRONMENT``), and whether the QGIS job
+    network exists."""
+    foreign = []
+    for entry in groups["foreign_workers"]:
+        doc = _inspect(client, entry["Id"])
+        if doc:
+            labels = (doc.get("Config") or {}).get("Labels") or {}
+            foreign.append(
+                {
+                    "name": container_name(entry),
+                    "project": labels.get(LABEL_PROJECT),
+                    "environment": env_dict((doc.get("Config") or {}).get("Env")).get("ENVIRONMENT"),
+                }
+            )
+    network_facts = {}
+    if job_network:
+        try:
+            listed = client.networks(names=[job_network])
+            network_facts = {"name": job_network, "exists": any(n.get("Name") == job_network for n in listed)}
+        except Exception as exc:  # not a finding about the stack; the network stays unknown
+            network_facts = {"name": job_network, "exists": None, "error": str(exc)}
+    return foreign, network_facts
 
 
 def discover(
@@ -519,40 +556,13 @@ def discover(
     envs: dict[str, dict[str, str]] = {}
     for service in (WORKER_SERVICE, "app", "db", "ofelia", "nginx"):
         for doc in inspected.get(service, []):
-            envs.setdefault(service, env_to_dict((doc.get("Config") or {}).get("Env")))
+            envs.setdefault(service, env_dict((doc.get("Config") or {}).get("Env")))
     if environment is None:
         environment = (envs.get(WORKER_SERVICE) or envs.get("app") or {}).get("ENVIRONMENT")
         if environment:
             groups = classify_containers(listing, project, network, environment, names, ids, qgis_names, job_network)
 
-    services: dict[str, Any] = {}
-    containers: dict[str, list[dict[str, Any]]] = {}
-    # The names each service's (first running) container answers to on each of its networks: where POSTGRES_HOST
-    # resolves, and so which network the worker must be on.
-    dns_names: dict[str, dict[str, list[str]]] = {}
-    for service, docs in inspected.items():
-        live = [d for d in docs if (d.get("State") or {}).get("Running")]
-        if live:
-            dns_names[service] = container_dns_names(live[0])
-    for service in sorted(set(EXPECTED_SERVICES) | set(inspected)):
-        docs = inspected.get(service, [])
-        facts = [container_facts(d, network) for d in docs]
-        containers[service] = facts
-        running = [f for f in facts if f["running"]]
-        first = (running or facts or [{}])[0]
-        services[service] = {
-            "present": bool(facts),
-            "containers": len(facts),
-            "running": len(running),
-            "state": first.get("state"),
-            "health": first.get("health"),
-            "restart_count": sum(f["restart_count"] for f in facts),
-            "image": first.get("image"),
-            "image_id": first.get("image_id"),
-            "started_at": first.get("started_at"),
-            "created": first.get("created"),
-            "ports": first.get("ports") or [],
-        }
+    services, containers, dns_names = _service_facts(inspected, network)
 
     # Workers: compose replicas and hand-started ones, with their effective configuration and log signs.
     replicas = []
@@ -563,77 +573,19 @@ def discover(
         doc = _inspect(client, entry["Id"])
         if not doc:
             continue
-        envs.setdefault("hand_started", env_to_dict((doc.get("Config") or {}).get("Env")))
-        envs.setdefault(f"hand_started:{_name(entry)}", env_to_dict((doc.get("Config") or {}).get("Env")))
+        envs.setdefault("hand_started", env_dict((doc.get("Config") or {}).get("Env")))
+        envs.setdefault(f"hand_started:{container_name(entry)}", env_dict((doc.get("Config") or {}).get("Env")))
         hand.append(replica_facts(doc, network))
-    for rep in replicas + hand:
-        # A live worker's log gives the signs; a stopped one's only says why it stopped (no signs: its old
-        # lines must not raise problems about the present).
-        live = rep["running"] or rep["restarting"] or rep["restart_count"]
-        ever_started = not str(rep.get("started_at") or "0001").startswith("0001")
-        if log_lines <= 0 or not (live or ever_started):
-            continue
-        try:
-            raw = _decode(client.logs(rep["id"], stdout=True, stderr=True, tail=int(log_lines), timestamps=True))
-        except Exception as exc:  # a log driver without read support: not a finding
-            rep["log"] = {"error": str(exc)}
-            continue
-        text, current = split_current_run(raw, rep.get("started_at"))
-        running_now = bool(rep["running"] and not rep["restarting"])
-        # What the replica's processes hold or held (orphan detection): the current one's last claim, and the
-        # last claim of each process that ended (earlier runs of this container, or all of a stopped one).
-        claims = orphans_mod.process_claims(raw, rep.get("started_at"), running_now, int(log_lines))
-        rep["log"] = dict(log_signs(current), **claims) if live else claims
-        tail = text.splitlines()[-log_tail_lines:] if log_tail_lines > 0 else []
-        rep["log_tail"] = [clip_line(line) for line in tail]
-        # The lines that explain a problem come from the current process; from earlier runs only when it has
-        # said nothing yet (a crash loop just restarted).
-        rep["log_excerpt"] = log_excerpt(current) or log_excerpt(text)
+    _read_worker_logs(client, replicas + hand, log_lines, log_tail_lines)
 
     deaths, events_error = recent_deaths(client, [r["id"] for r in replicas + hand], crash_window)
     for rep in replicas + hand:
         rep["recent_deaths"] = deaths.get(rep["id"]) if events_error is None else None
 
-    # Images: worker (what compose resolved for the service: an existing replica's image reference, else the
-    # compose files' `image:`, else the local build names), app, QGIS (by the variables the worker uses).
-    resolved = [r["image"] for r in replicas if r.get("image")]
-    candidates = resolved[:1] or names
-    worker_name = next((n for n in candidates if normalise_image_ref(n) in images), candidates[0])
-    qgis_vars: dict[str, str] = {}
-    for source in (envs.get(WORKER_SERVICE), envs.get("app"), envs.get("hand_started"), qgis_images):
-        for key, value in (source or {}).items():
-            if key.startswith("QFIELDCLOUD_QGIS") and key.endswith("IMAGE_NAME") and value:
-                qgis_vars.setdefault(key, value)
-    if not qgis_vars:
-        built = [s for s in QGIS_SERVICES if s in inspected]
-        for service in built or ["qgis3"]:
-            qgis_vars[f"compose service {service}"] = f"{project}-{service}"
-    image_facts = {
-        "worker": dict(image_fact(images, worker_name), source="container" if resolved else "compose"),
-        "app": image_fact(images, f"{project}-app"),
-        "qgis": [image_fact(images, name, var) for var, name in sorted(qgis_vars.items())],
-    }
+    image_facts = _image_facts(images, replicas, names, envs, qgis_images, inspected, project)
 
     jobs = [job_container_facts(e) for e in groups["jobs"]]
-    foreign = []
-    for entry in groups["foreign_workers"]:
-        doc = _inspect(client, entry["Id"])
-        if doc:
-            labels = (doc.get("Config") or {}).get("Labels") or {}
-            foreign.append(
-                {
-                    "name": _name(entry),
-                    "project": labels.get(COMPOSE_PROJECT),
-                    "environment": env_to_dict((doc.get("Config") or {}).get("Env")).get("ENVIRONMENT"),
-                }
-            )
-    network_facts = {}
-    if job_network:
-        try:
-            listed = client.networks(names=[job_network])
-            network_facts = {"name": job_network, "exists": any(n.get("Name") == job_network for n in listed)}
-        except Exception as exc:  # not a finding about the stack; the network stays unknown
-            network_facts = {"name": job_network, "exists": None, "error": str(exc)}
+    foreign, network_facts = _foreign_and_job_network(client, groups, job_network)
     return {
         "daemon": daemon,
         "environment": environment,

@@ -10,7 +10,6 @@ parameters (see ``plugins/modules/qfc_sync_facts.py``); missing keys take the mo
 
 from __future__ import annotations
 
-import datetime
 import http.client
 import json
 import ssl
@@ -18,19 +17,23 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from types import SimpleNamespace
 from typing import Any
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile, stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import database as db_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine as engine_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile, logsigns, stack
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import problems as problems_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import queue as queue_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import docker_time
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.redact import Redactor
 
 DEFAULTS: dict[str, Any] = {
     "project_name": None,
     "project_dir": None,
-    "docker_host": "unix:///var/run/docker.sock",
-    "timeout": 10,
+    "docker_host": engine_mod.DEFAULT_DOCKER_HOST,
+    "timeout": engine_mod.DEFAULT_API_TIMEOUT,
     "db_host": None,
     "db_port": None,
     "db_name": None,
@@ -53,24 +56,6 @@ STATUS_PATH = "/api/v1/status/"
 STATUS_COMPONENTS = ("database", "geodb", "storage")
 # Host names that a QField device cannot use to reach the server.
 LOCAL_HOSTS = ("localhost", "0.0.0.0", "::1", "[::1]")
-
-
-def parse_docker_time(value: str | None) -> float | None:
-    """Unix time of a Docker RFC 3339 timestamp (nanoseconds allowed); ``None`` for empty/zero values."""
-    if not value or value.startswith("0001-01-01"):
-        return None
-    text = value.strip()
-    zone = "+00:00"
-    if text.endswith("Z"):
-        text = text[:-1]
-    elif len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
-        text, zone = text[:-6], text[-6:]
-    main, _dot, fraction = text.partition(".")
-    try:
-        stamp = datetime.datetime.strptime(main + zone.replace(":", ""), "%Y-%m-%dT%H:%M:%S%z")
-    except ValueError:
-        return None
-    return stamp.timestamp() + (float("0." + fraction[:9]) if fraction.isdigit() else 0.0)
 
 
 def status_url(app_url: str) -> str:
@@ -344,67 +329,37 @@ def healthy_now(replica: dict[str, Any]) -> bool:
     log = replica.get("log")
     if not log or "error" in log:
         return int(replica.get("recent_deaths") or 0) < 2
-    return bool(log.get("dequeuing")) and not any(int(log.get(sign) or 0) for sign in stack.LOOP_FAULT_SIGNS)
+    return bool(log.get("dequeuing")) and not any(int(log.get(sign) or 0) for sign in logsigns.LOOP_FAULT_SIGNS)
 
 
-def gather(options: dict[str, Any]) -> dict[str, Any]:
-    """Gather facts, detect problems; return ``{"facts", "problems", "sync_ready"}``, all redacted."""
-    opts = dict(DEFAULTS)
-    opts.update({k: v for k, v in options.items() if v is not None})
-    started = time.monotonic()
-    skip = set(opts.get("skip") or [])
-    timeout = float(opts["timeout"])
-    redactor = Redactor()
-    redactor.add(opts.get("db_password"))
-
-    settings = envfile.project_settings(opts.get("project_dir"), opts.get("project_name"))
-    project = settings["project_name"]
-    network = settings["default_network"]
-    dotenv: dict[str, str] = envfile.read_env(settings["env_file"]) if settings["env_file"] else {}
-    redactor.learn_env(dotenv)
-
-    facts: dict[str, Any] = {
-        "project": {
-            "name": project,
-            "name_source": settings["project_name_source"],
-            "dir": settings["project_dir"],
-            "env_file": settings["env_file"],
-            "compose_files": settings["compose_files"],
-            "network": network,
-            "job_network": settings["job_network"],
-            "job_network_source": settings["job_network_source"],
-            "environment": settings["environment"],
-        },
-        "checks_skipped": sorted(skip),
-    }
-
-    # -- Docker ------------------------------------------------------------------------------------------
+def _docker_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """The Docker half: one discovery pass (a daemon that cannot be reached is a finding)."""
     discovery: dict[str, Any] | None = None
     try:
-        client = stack.docker_client(opts["docker_host"], timeout)
+        client = engine_mod.client(ctx.opts["docker_host"], ctx.timeout)
         discovery = stack.discover(
             client,
-            project,
-            network,
-            environment=settings["environment"],
-            worker_images=[settings["service_images"].get(ws.WORKER_SERVICE) or ""],
-            qgis_images=settings["qgis_images"],
-            log_lines=0 if "logs" in skip else int(opts["log_lines"]),
-            log_tail_lines=int(opts["log_tail_lines"]),
-            job_network=settings["job_network"],
-            crash_window=float(opts["crash_window"]),
+            ctx.project,
+            ctx.network,
+            environment=ctx.settings["environment"],
+            worker_images=[ctx.settings["service_images"].get(ws.WORKER_SERVICE) or ""],
+            qgis_images=ctx.settings["qgis_images"],
+            log_lines=0 if "logs" in ctx.skip else int(ctx.opts["log_lines"]),
+            log_tail_lines=int(ctx.opts["log_tail_lines"]),
+            job_network=ctx.settings["job_network"],
+            crash_window=float(ctx.opts["crash_window"]),
         )
     except Exception as exc:  # daemon down, socket missing, permission denied: a finding
-        facts["daemon"] = {"reachable": False, "docker_host": opts["docker_host"], "error": str(exc)}
+        facts["daemon"] = {"reachable": False, "docker_host": ctx.opts["docker_host"], "error": str(exc)}
     envs: dict[str, dict[str, str]] = {}
     containers: dict[str, Any] = {}
     if discovery is not None:
         envs = discovery.pop("envs")
         for env in envs.values():
-            redactor.learn_env(env)
+            ctx.redactor.learn_env(env)
         containers = discovery.pop("containers")
-        facts["daemon"] = dict(discovery["daemon"], docker_host=opts["docker_host"])
-        facts["project"]["environment"] = discovery["environment"] or settings["environment"]
+        facts["daemon"] = dict(discovery["daemon"], docker_host=ctx.opts["docker_host"])
+        facts["project"]["environment"] = discovery["environment"] or ctx.settings["environment"]
         facts["services"] = discovery["services"]
         facts["images"] = discovery["images"]
         facts["api_calls"] = discovery["api_calls"]
@@ -413,13 +368,17 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         facts["shared_environment"] = [
             w for w in discovery["foreign_workers"] if environment and w.get("environment") == environment
         ]
+    vars(ctx).update(discovery=discovery, envs=envs, containers=containers)
 
-    app_env = envs.get("app") or {}
-    worker_env = envs.get(ws.WORKER_SERVICE) or {}
+
+def _thresholds(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """The thresholds, the job timeout as the server has it and where it comes from."""
+    app_env = ctx.envs.get("app") or {}
+    worker_env = ctx.envs.get(ws.WORKER_SERVICE) or {}
     # The job timeout as the server has it: the option; from v26.24 QFIELDCLOUD_WORKER_TIMEOUT_S in the worker's
     # own environment; before v26.24 WORKER_TIMEOUT_S of constance_constance, which the database read prefers
     # over anything but those two (an admin may have raised it); else .env or 600.
-    job_timeout = opts.get("job_timeout")
+    job_timeout = ctx.opts.get("job_timeout")
     timeout_source = "option"
     if job_timeout is None:
         timeout_source = "default"
@@ -427,49 +386,55 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         if raw.isdigit():
             job_timeout, timeout_source = int(raw), "environment"
         else:
-            job_timeout = settings["worker_timeout_s"]
+            job_timeout = ctx.settings["worker_timeout_s"]
     facts["thresholds"] = {
-        "pending_age_s": int(opts["pending_age_threshold"]),
+        "pending_age_s": int(ctx.opts["pending_age_threshold"]),
         "job_timeout_s": int(job_timeout),
-        "cron_max_age_s": int(opts["cron_max_age"]),
-        "crash_restarts": int(opts["crash_restarts"]),
-        "crash_window_s": int(opts["crash_window"]),
+        "cron_max_age_s": int(ctx.opts["cron_max_age"]),
+        "crash_restarts": int(ctx.opts["crash_restarts"]),
+        "crash_window_s": int(ctx.opts["crash_window"]),
     }
     # Present but empty: v26.24+ compose files pass it on, and app and worker crash parsing it.
     empty_in = [
         where
-        for where, env in ((".env", dotenv), ("worker_wrapper", worker_env), ("app", app_env))
+        for where, env in ((".env", ctx.dotenv), ("worker_wrapper", worker_env), ("app", app_env))
         if "QFIELDCLOUD_WORKER_TIMEOUT_S" in env and not str(env["QFIELDCLOUD_WORKER_TIMEOUT_S"]).strip()
     ]
     facts["worker_timeout"] = {"empty_in": empty_in}
+    vars(ctx).update(app_env=app_env, worker_env=worker_env, job_timeout=job_timeout, timeout_source=timeout_source)
 
-    # -- Workers -------------------------------------------------------------------------------------------
-    if discovery is not None:
+
+def _worker_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """Each worker replica and hand-started worker against the expected configuration."""
+    if ctx.discovery is not None:
         worker_image = facts["images"]["worker"]
-        db_host = app_env.get("POSTGRES_HOST") or dotenv.get("POSTGRES_HOST") or None
-        dns_names = discovery["dns_names"]
+        db_host = ctx.app_env.get("POSTGRES_HOST") or ctx.dotenv.get("POSTGRES_HOST") or None
+        dns_names = ctx.discovery["dns_names"]
         # A stopped database answers to no name: then the service that POSTGRES_HOST names literally.
         db_service = database_service(dns_names, db_host) or (db_host if db_host in facts["services"] else None)
         db_names = dns_names.get(db_service) if db_service else None
-        app_networks = [n for c in containers.get("app") or [] if c.get("running") for n in c.get("networks") or []]
+        app_networks = [n for c in ctx.containers.get("app") or [] if c.get("running") for n in c.get("networks") or []]
         facts["project"]["database_service"] = db_service
         expected = ws.expected_worker(
-            project,
-            network=ws.expected_network(network, db_names, app_networks, db_host),
+            ctx.project,
+            network=ws.expected_network(ctx.network, db_names, app_networks, db_host),
             db_host=db_host,
             image=worker_image["name"],
             image_id=worker_image.get("id"),
             db_names=db_names,
         )
-        expected["image_aliases"] = [ws.worker_image_name(project), ws.worker_image_name(project, compose_v1=True)]
-        replicas = discovery["worker"]["replicas"]
-        hand = discovery["worker"]["hand_started"]
+        expected["image_aliases"] = [
+            ws.worker_image_name(ctx.project),
+            ws.worker_image_name(ctx.project, compose_v1=True),
+        ]
+        replicas = ctx.discovery["worker"]["replicas"]
+        hand = ctx.discovery["worker"]["hand_started"]
         now = time.time()
         for rep in replicas + hand:
             rep["drift"] = ws.worker_drift(rep, expected)
             rep["healthy_now"] = healthy_now(rep)
             # When its previous process ended (State.FinishedAt stays set while it runs again).
-            ended = parse_docker_time(rep.get("finished_at"))
+            ended = docker_time(rep.get("finished_at"))
             rep["last_exit_age_s"] = round(now - ended, 1) if ended else None
         # What compose gives the worker, as its own replica shows it: a hand-started one is judged against that.
         model = replicas[0] if replicas else None
@@ -478,10 +443,10 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
         for rep in hand:
             rep["gaps"] = ws.hand_started_gaps(rep, model_env, model_volumes)
             rep["breaks_jobs"] = breaks_jobs(rep["gaps"])
-        if settings["env_file"]:
-            replicas_expected = settings["worker_replicas"]
-        elif str(worker_env.get("QFIELDCLOUD_WORKER_REPLICAS", "")).strip().isdigit():
-            replicas_expected = int(worker_env["QFIELDCLOUD_WORKER_REPLICAS"])
+        if ctx.settings["env_file"]:
+            replicas_expected = ctx.settings["worker_replicas"]
+        elif str(ctx.worker_env.get("QFIELDCLOUD_WORKER_REPLICAS", "")).strip().isdigit():
+            replicas_expected = int(ctx.worker_env["QFIELDCLOUD_WORKER_REPLICAS"])
         else:
             replicas_expected = max(1, len(replicas))
         facts["worker"] = {
@@ -496,49 +461,53 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             "hand_started": hand,
         }
 
-    # -- Database and queue ----------------------------------------------------------------------------------
-    job_containers = (discovery or {}).get("job_containers") or []
-    if "db" in skip:
+
+def _database_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """The database and the queue (one connection, two round trips)."""
+    job_containers = (ctx.discovery or {}).get("job_containers") or []
+    if "db" in ctx.skip:
         facts["database"] = {"checked": False}
-    elif discovery is None and not opts.get("db_host"):
+    elif ctx.discovery is None and not ctx.opts.get("db_host"):
         facts["database"] = {"checked": False, "error": "the Docker daemon is unreachable and no db_host was given"}
     else:
-        sources = [app_env, worker_env, dotenv, envs.get("hand_started") or {}]
-        params, info = _db_params(opts, sources, containers, network)
+        sources = [ctx.app_env, ctx.worker_env, ctx.dotenv, ctx.envs.get("hand_started") or {}]
+        params, info = _db_params(ctx.opts, sources, ctx.containers, ctx.network)
         if params is None:
             facts["database"] = dict(info, checked=True, reachable=False, error_kind="unreachable")
-        elif not queue_mod.HAS_PSYCOPG2:
+        elif not db_mod.HAS_PSYCOPG2:
             facts["database"] = dict(info, checked=False, error="psycopg2 is not installed")
         else:
-            redactor.add(params.get("password"))
+            ctx.redactor.add(params.get("password"))
             database, queue = queue_mod.read_database(
                 params,
-                job_timeout,
+                ctx.job_timeout,
                 [j["job_id"] for j in job_containers if j.get("job_id")],
-                job_timeout_source=timeout_source,
+                job_timeout_source=ctx.timeout_source,
             )
             database.update(info)
             facts["database"] = database
-            if "queue" not in skip:
+            if "queue" not in ctx.skip:
                 facts["queue"] = queue
             if database.get("job_timeout_s"):
                 facts["thresholds"]["job_timeout_s"] = int(database["job_timeout_s"])
-            facts["thresholds"]["job_timeout_source"] = database.get("job_timeout_source") or timeout_source
+            facts["thresholds"]["job_timeout_source"] = database.get("job_timeout_source") or ctx.timeout_source
+    ctx.job_containers = job_containers
 
-    db = facts["database"]
-    # -- App -----------------------------------------------------------------------------------------------------
-    if "app" in skip:
+
+def _app_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """The app's status endpoint."""
+    if "app" in ctx.skip:
         facts["app"] = {"checked": False}
     else:
-        host_header = opts.get("app_host_header")
-        if opts.get("app_url"):
-            facts["app"] = check_app(status_url(opts["app_url"]), host_header, timeout)
+        host_header = ctx.opts.get("app_host_header")
+        if ctx.opts.get("app_url"):
+            facts["app"] = check_app(status_url(ctx.opts["app_url"]), host_header, ctx.timeout)
         else:
-            address = stack.service_address(containers, "app", network) if containers else None
+            address = stack.service_address(ctx.containers, "app", ctx.network) if ctx.containers else None
             if address:
                 url = f"http://{address}:8000{STATUS_PATH}"
-                facts["app"] = check_app(url, host_header or _default_host_header(app_env), timeout)
-            elif discovery is not None:
+                facts["app"] = check_app(url, host_header or _default_host_header(ctx.app_env), ctx.timeout)
+            elif ctx.discovery is not None:
                 facts["app"] = {
                     "checked": True,
                     "reachable": False,
@@ -549,22 +518,27 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             else:
                 facts["app"] = {"checked": False, "error": "the Docker daemon is unreachable"}
 
-    # -- QField client --------------------------------------------------------------------------------------------
+
+def _client_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """The QField client's address, checked from the host."""
     # The address QField devices use, checked from the host with the Host header they send (nginx answers
     # only for QFIELDCLOUD_HOST). Skipped with the app check: it is the same endpoint seen from outside.
-    if "client" in skip or "app" in skip or discovery is None:
+    if "client" in ctx.skip or "app" in ctx.skip or ctx.discovery is None:
         facts["client"] = {"checked": False}
     else:
-        facts["client"] = client_facts(dotenv, envs, facts["services"], opts)
+        facts["client"] = client_facts(ctx.dotenv, ctx.envs, facts["services"], ctx.opts)
 
-    # -- Cron ------------------------------------------------------------------------------------------------------
-    if "cron" in skip or discovery is None:
+
+def _cron_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """The cron runner and the crons' own log."""
+    db = facts["database"]
+    if "cron" in ctx.skip or ctx.discovery is None:
         facts["cron"] = {"checked": False}
     else:
         ofelia = facts["services"].get("ofelia") or {}
         app_svc = facts["services"].get("app") or {}
-        ofelia_started = parse_docker_time(ofelia.get("started_at"))
-        app_created = parse_docker_time(app_svc.get("created"))
+        ofelia_started = docker_time(ofelia.get("started_at"))
+        app_created = docker_time(app_svc.get("created"))
         stale = bool(
             ofelia.get("running")
             and app_svc.get("running")
@@ -591,14 +565,69 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             else round(float(cron_last["age_s"]), 1),
         }
 
-    # -- Orphan job containers -----------------------------------------------------------------------------------------
-    if discovery is not None:
+
+def _orphan_container_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """Leftover QGIS job containers."""
+    db = facts["database"]
+    if ctx.discovery is not None:
         worker_running = bool(facts["worker"]["replicas_running"] or facts["worker"]["hand_started_running"])
         statuses = db.get("job_statuses") if db.get("reachable") and db.get("tables_present") else None
-        facts["job_containers"] = job_containers
+        facts["job_containers"] = ctx.job_containers
         facts["orphan_job_containers"] = (
-            [] if "orphans" in skip else stack.orphan_jobs(job_containers, statuses, worker_running)
+            [] if "orphans" in ctx.skip else stack.orphan_jobs(ctx.job_containers, statuses, worker_running)
         )
+
+
+def gather(options: dict[str, Any]) -> dict[str, Any]:
+    """Gather facts, detect problems; return ``{"facts", "problems", "sync_ready"}``, all redacted."""
+    opts = dict(DEFAULTS)
+    opts.update({k: v for k, v in options.items() if v is not None})
+    started = time.monotonic()
+    skip = set(opts.get("skip") or [])
+    timeout = float(opts["timeout"])
+    redactor = Redactor()
+    redactor.add(opts.get("db_password"))
+
+    settings = envfile.load_project(opts.get("project_dir"), opts.get("project_name"))
+    project = settings["project_name"]
+    network = settings["default_network"]
+    dotenv: dict[str, str] = settings["dotenv"]
+    redactor.learn_env(dotenv)
+
+    # What the steps below share: the options, the project and what each step found.
+    ctx = SimpleNamespace(
+        opts=opts,
+        skip=skip,
+        timeout=timeout,
+        redactor=redactor,
+        settings=settings,
+        project=project,
+        network=network,
+        dotenv=dotenv,
+    )
+    facts: dict[str, Any] = {
+        "project": {
+            "name": project,
+            "name_source": settings["project_name_source"],
+            "dir": settings["project_dir"],
+            "env_file": settings["env_file"],
+            "compose_files": settings["compose_files"],
+            "network": network,
+            "job_network": settings["job_network"],
+            "job_network_source": settings["job_network_source"],
+            "environment": settings["environment"],
+        },
+        "checks_skipped": sorted(skip),
+    }
+    _docker_facts(ctx, facts)
+    _thresholds(ctx, facts)
+    _worker_facts(ctx, facts)
+    _database_facts(ctx, facts)
+    _app_facts(ctx, facts)
+    _client_facts(ctx, facts)
+    _cron_facts(ctx, facts)
+    _orphan_container_facts(ctx, facts)
+    db = facts["database"]
     db.pop("job_statuses", None)
     db.pop("cron_last", None)
 

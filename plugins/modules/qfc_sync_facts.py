@@ -285,52 +285,40 @@ ansible_facts:
 import os
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import queue as queue_mod
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.metrics import render_metrics, write_textfile
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import database
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.argspec import common_args
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.sync_facts import CHECKS, gather
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "project_name": {"type": "str"},
-            "project_dir": {"type": "path"},
-            "docker_host": {
-                "type": "str",
-                "default": "unix:///var/run/docker.sock",
-                "aliases": ["docker_url"],
-                "fallback": (env_fallback, ["DOCKER_HOST"]),
-            },
-            "timeout": {"type": "int", "default": 10},
-            "db_host": {"type": "str"},
-            "db_port": {"type": "int"},
-            "db_name": {"type": "str"},
-            "db_user": {"type": "str"},
-            "db_password": {"type": "str", "no_log": True},
-            "db_sslmode": {"type": "str"},
-            "app_url": {"type": "str"},
-            "app_host_header": {"type": "str"},
-            "pending_age_threshold": {"type": "int", "default": 300},
-            "job_timeout": {"type": "int"},
-            "crash_window": {"type": "int", "default": 600},
-            "cron_max_age": {"type": "int", "default": 300},
-            "log_lines": {"type": "int", "default": 200},
-            "log_tail_lines": {"type": "int", "default": 5},
-            "prometheus_textfile": {"type": "path"},
-            "skip": {"type": "list", "elements": "str", "choices": list(CHECKS), "default": []},
-        },
+        argument_spec=common_args(
+            db_host={"type": "str"},
+            db_port={"type": "int"},
+            db_name={"type": "str"},
+            db_user={"type": "str"},
+            db_password={"type": "str", "no_log": True},
+            db_sslmode={"type": "str"},
+            app_url={"type": "str"},
+            app_host_header={"type": "str"},
+            pending_age_threshold={"type": "int", "default": 300},
+            job_timeout={"type": "int"},
+            crash_window={"type": "int", "default": 600},
+            cron_max_age={"type": "int", "default": 300},
+            log_lines={"type": "int", "default": 200},
+            log_tail_lines={"type": "int", "default": 5},
+            prometheus_textfile={"type": "path"},
+            skip={"type": "list", "elements": "str", "choices": list(CHECKS), "default": []},
+        ),
         supports_check_mode=True,
     )
     params = module.params
-    if not stack.HAS_DOCKER:
-        module.fail_json(msg=missing_required_lib("docker"), exception=stack.DOCKER_IMPORT_ERROR)
-    if "db" not in params["skip"] and not queue_mod.HAS_PSYCOPG2:
+    if "db" not in params["skip"] and not database.HAS_PSYCOPG2:
         module.fail_json(
             msg=missing_required_lib("psycopg2") + " Or set skip: [db] to diagnose without the database.",
-            exception=queue_mod.PSYCOPG2_IMPORT_ERROR,
+            exception=database.PSYCOPG2_IMPORT_ERROR,
         )
     for name in ("timeout", "pending_age_threshold", "cron_max_age", "crash_window"):
         if params[name] is not None and params[name] <= 0:
@@ -353,9 +341,12 @@ def main() -> None:
     result = gather(dict(params))
     written = False
     if textfile and not module.check_mode:
-        text = render_metrics(result["facts"], result["problems"])
+        # Imported here: only a run that writes metrics pays for it.
+        from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import metrics  # noqa: PLC0415
+
+        text = metrics.render_metrics(result["facts"], result["problems"])
         try:
-            write_textfile(textfile, text)
+            metrics.write_textfile(textfile, text)
             written = True
         except OSError as exc:
             module.fail_json(

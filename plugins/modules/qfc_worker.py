@@ -63,7 +63,6 @@ description:
 author:
   - FibreFlow operations (@fibreflow)
 requirements:
-  - docker (Python SDK) >= 5.0
   - the docker CLI with the compose v2 plugin (compose mode)
   - psycopg2 (optional; without it the drain uses the Docker-only rule)
 attributes:
@@ -78,17 +77,6 @@ attributes:
       indicates no change.
     support: full
 options:
-  project_dir:
-    description:
-      - The compose project directory (holding C(docker-compose.yml) and C(.env)).
-      - Required in compose mode. When the directory does not exist the module fails naming this option and
-        changes nothing.
-    type: path
-  project_name:
-    description:
-      - The compose project name. Defaults to C(COMPOSE_PROJECT_NAME) of C(.env), then the directory name, then
-        C(qfieldcloud).
-    type: str
   service:
     description: The worker service of the compose project.
     type: str
@@ -194,17 +182,20 @@ options:
     description: Keep a timestamped copy of C(.env) (C(.env.<time>.bak), same mode) before changing it.
     type: bool
     default: true
-  docker_host:
+  compose_timeout:
     description:
-      - The Docker daemon, for example C(unix:///var/run/docker.sock) or C(tcp://127.0.0.1:2375).
-      - Defaults to the E(DOCKER_HOST) environment variable, else the local socket.
-    type: str
-  timeout:
-    description: Seconds for one Docker API or compose call (stops additionally get the grace period).
+      - Seconds for one C(docker compose) call (C(config), C(up), C(stop), C(restart)). Calls that stop or replace
+        replicas additionally get the service's grace period (C(stop_grace_period), 900 seconds by default).
+      - O(timeout) bounds each Docker API call instead.
     type: int
-    default: 60
+    default: 120
+extends_documentation_fragment:
+  - fibreflow.qfieldcloud.docker
+  - fibreflow.qfieldcloud.project
 notes:
   - Runs on the Docker host (the Ansible target).
+  - O(project_dir) is required in compose mode. When the directory does not exist the module fails naming this
+    option and changes nothing.
   - "When O(project_dir) is not where the project is (missing directory, no compose file, a compose syntax error,
     an unknown O(service)), the module fails with a message naming the option and leaves every file and container
     as it was."
@@ -375,54 +366,48 @@ lock_waited_s:
   type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_enforce
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_apply
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.argspec import common_args
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_plan import WorkerError, validate_replicas
 
 
 def main() -> None:
     module = AnsibleModule(
-        argument_spec={
-            "project_dir": {"type": "path"},
-            "project_name": {"type": "str"},
-            "service": {"type": "str", "default": "worker_wrapper"},
-            "mode": {"type": "str", "default": "auto", "choices": ["auto", "compose", "standalone"]},
-            "state": {"type": "str", "default": "started", "choices": ["started", "stopped", "restarted", "absent"]},
-            "replicas": {"type": "int"},
-            "db_host": {"type": "str"},
-            "network": {"type": "str"},
-            "override_file": {"type": "str", "default": "docker-compose.override.fibreflow-worker.yml"},
-            "command": {"type": "list", "elements": "str"},
-            "image": {"type": "str"},
-            "container_name": {"type": "str", "default": "qfieldcloud-worker"},
-            "remove_hand_started": {"type": "bool", "default": False},
-            "orphaned_jobs": {"type": "str", "default": "recover", "choices": ["recover", "keep"]},
-            "drain_timeout": {"type": "int", "default": 900},
-            "lock_timeout": {"type": "int", "default": 300},
-            "backup": {"type": "bool", "default": True},
-            "docker_host": {"type": "str"},
-            "timeout": {"type": "int", "default": 60},
-        },
+        argument_spec=common_args(
+            service={"type": "str", "default": "worker_wrapper"},
+            mode={"type": "str", "default": "auto", "choices": ["auto", "compose", "standalone"]},
+            state={"type": "str", "default": "started", "choices": ["started", "stopped", "restarted", "absent"]},
+            replicas={"type": "int"},
+            db_host={"type": "str"},
+            network={"type": "str"},
+            override_file={"type": "str", "default": "docker-compose.override.fibreflow-worker.yml"},
+            command={"type": "list", "elements": "str"},
+            image={"type": "str"},
+            container_name={"type": "str", "default": "qfieldcloud-worker"},
+            remove_hand_started={"type": "bool", "default": False},
+            orphaned_jobs={"type": "str", "default": "recover", "choices": ["recover", "keep"]},
+            drain_timeout={"type": "int", "default": 900},
+            lock_timeout={"type": "int", "default": 300},
+            backup={"type": "bool", "default": True},
+            compose_timeout={"type": "int", "default": worker_apply.DEFAULT_COMPOSE_TIMEOUT},
+        ),
         supports_check_mode=True,
     )
-    if not worker_enforce.HAS_DOCKER:
-        module.fail_json(
-            msg=missing_required_lib("docker"),
-            exception=worker_enforce.DOCKER_IMPORT_TRACEBACK,
-        )
-    for option in ("drain_timeout", "lock_timeout", "timeout"):
+    for option in ("drain_timeout", "lock_timeout", "timeout", "compose_timeout"):
         if module.params[option] < 0:
             module.fail_json(msg=f"{option}: expected a number of seconds >= 0, got {module.params[option]}")
     if module.params["replicas"] is not None:
         try:
-            worker_enforce.validate_replicas(module.params["replicas"], "the replicas option")
-        except worker_enforce.WorkerError as exc:
+            validate_replicas(module.params["replicas"], "the replicas option")
+        except WorkerError as exc:
             module.fail_json(msg=str(exc), option=exc.option)
 
-    run = worker_enforce.WorkerRun(module.params, check_mode=module.check_mode)
+    run = worker_apply.WorkerRun(module.params, check_mode=module.check_mode)
     try:
         result = run.run()
-    except worker_enforce.WorkerError as exc:
+    except WorkerError as exc:
         failure = run.result()
         failure.pop("changed", None)
         for warning in failure.pop("warnings", []):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose, drain, files
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose, drain, files, logsigns
 
 
 class _ComposeLoader(yaml.SafeLoader):
@@ -331,11 +331,9 @@ def test_lock_path_is_outside_the_project(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_cli_never_uses_dry_run_and_scales_the_service(monkeypatch):
+def test_cli_never_uses_dry_run_and_scales_the_service():
     cli = compose.ComposeCli("/srv/qfc")
-    seen = []
-    monkeypatch.setattr(cli, "run", lambda *args, **_kw: seen.append(args) or "")
-    cli.up("worker_wrapper", 3)
+    seen = [tuple(compose.up_args("worker_wrapper", 3))]
     assert seen == [
         (
             "up",
@@ -351,6 +349,42 @@ def test_cli_never_uses_dry_run_and_scales_the_service(monkeypatch):
     ]
     assert "--dry-run" not in seen[0]
     assert cli.command("config")[:4] == ["docker", "compose", "--project-directory", "/srv/qfc"]
+
+
+def test_commands_are_built_apart_from_being_run():
+    forced = compose.up_args("worker_wrapper", 2, force_recreate=True)
+    assert forced[:7] == ["up", "-d", "--no-deps", "--no-build", "--pull", "never", "--force-recreate"]
+    assert forced[-3:] == ["--scale", "worker_wrapper=2", "worker_wrapper"]
+    assert compose.stop_args("worker_wrapper") == ["stop", "worker_wrapper"]
+    assert compose.restart_args("worker_wrapper") == ["restart", "worker_wrapper"]
+    assert compose.config_args() == ["config", "--format", "json"]
+    assert compose.config_args("worker_wrapper") == ["config", "--hash", "worker_wrapper"]
+    argv = compose.ComposeCli("/srv/qfc").command(*compose.config_args(), files=["a.yml", "-"])
+    assert argv == [
+        "docker",
+        "compose",
+        "--project-directory",
+        "/srv/qfc",
+        "-f",
+        "a.yml",
+        "-f",
+        "-",
+        "config",
+        "--format",
+        "json",
+    ]
+
+
+def test_service_hash_is_composes_digest_of_the_service_without_its_scale():
+    # Compose v2 hashes the service's compact JSON in its own key order, without build/scale/deploy.replicas, with
+    # Go's HTML escaping; the expected digest was printed by `docker compose config --hash` (2.26) for this service.
+    svc = {"command": ["a", "<b>"], "image": "x", "scale": 3, "build": {"context": "."}, "deploy": {"replicas": 2}}
+    plain = '{"command":["a","\\u003cb\\u003e"],"image":"x","deploy":{}}'
+    import hashlib
+
+    assert compose.service_hash(svc) == hashlib.sha256(plain.encode()).hexdigest()
+    assert compose.service_hash({**svc, "scale": 1, "depends_on": {"db": {}}}) == compose.service_hash(svc)
+    assert compose.service_hash({**svc, "user": "root"}) != compose.service_hash(svc)
 
 
 def test_cli_environment_drops_compose_file(monkeypatch):
@@ -381,8 +415,8 @@ def test_last_dequeued_job_is_the_latest_line():
         f'{{"message": "Job {JOB_A} finished"}}\n'
         f'{{"message": "Dequeued job {JOB_B.upper()}, run!"}}\n'
     )
-    assert drain.last_dequeued_job(log) == JOB_B
-    assert drain.last_dequeued_job("Waiting for postgres...\n") is None
+    assert logsigns.last_dequeued_job(log) == JOB_B
+    assert logsigns.last_dequeued_job("Waiting for postgres...\n") is None
 
 
 def test_busy_by_database_status():
@@ -437,10 +471,10 @@ def test_replicas_not_draining_are_ignored():
 
 def test_never_reached_database():
     waiting = 'Waiting for postgres...\nPostgres isn\'t ready.\ncould not translate host name "postgres"\n'
-    assert drain.never_reached_database(waiting)
-    assert not drain.never_reached_database("Waiting for postgres...\n")
-    assert not drain.never_reached_database(waiting + "Postgres is ready! ✨ 💅\n")
-    assert not drain.never_reached_database(waiting + '{"message": "Dequeue QFieldCloud Jobs from the DB"}\n')
+    assert logsigns.never_reached_database(waiting)
+    assert not logsigns.never_reached_database("Waiting for postgres...\n")
+    assert not logsigns.never_reached_database(waiting + "Postgres is ready! ✨ 💅\n")
+    assert not logsigns.never_reached_database(waiting + '{"message": "Dequeue QFieldCloud Jobs from the DB"}\n')
 
 
 class FakeReplicas:

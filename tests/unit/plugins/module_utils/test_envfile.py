@@ -187,3 +187,33 @@ def test_empty_worker_timeout_is_told_apart_from_an_absent_one(tmp_path):
     assert envfile.project_settings(str(tmp_path))["worker_timeout_raw"] == ""
     write(tmp_path / ".env", "COMPOSE_PROJECT_NAME=x\n")
     assert envfile.project_settings(str(tmp_path))["worker_timeout_raw"] is None
+
+
+def test_load_project_reads_env_once_and_hands_on_its_text_and_values(tmp_path, monkeypatch):
+    (tmp_path / "docker-compose.yml").write_text("services: {}\n")
+    text = "COMPOSE_PROJECT_NAME=q1\r\nQFIELDCLOUD_WORKER_REPLICAS=2\r\nPOSTGRES_PASSWORD=secret\r\n"
+    (tmp_path / ".env").write_bytes(text.encode())
+    opened = []
+    real_open = open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(os.path.basename(str(path)))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    loaded = envfile.load_project(str(tmp_path))
+    assert opened.count(".env") == 1
+    assert loaded["env_text"] == text
+    assert loaded["dotenv"]["POSTGRES_PASSWORD"] == "secret"
+    assert (loaded["project_name"], loaded["worker_replicas"]) == ("q1", 2)
+    assert loaded["compose_files"] == [str(tmp_path / "docker-compose.yml")]
+
+
+def test_the_default_compose_files_are_one_list(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services: {}\n")
+    (tmp_path / "compose.override.yaml").write_text("services: {}\n")
+    assert envfile.default_compose_files(str(tmp_path)) == ["compose.yaml", "compose.override.yaml"]
+    assert envfile.compose_files(str(tmp_path), {}) == [
+        str(tmp_path / "compose.yaml"),
+        str(tmp_path / "compose.override.yaml"),
+    ]

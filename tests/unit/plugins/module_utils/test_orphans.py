@@ -3,23 +3,29 @@
 
 from __future__ import annotations
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans, problems, stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import (
+    database,
+    docker_engine,
+    logsigns,
+    orphans,
+    problems,
+)
 
 A = "0b5e7c1e-0000-4000-8000-00000000000a"
 B = "0b5e7c1e-0000-4000-8000-00000000000b"
 C = "0b5e7c1e-0000-4000-8000-00000000000c"
-START = orphans.docker_time("2026-11-29T08:25:15.918652878Z")
+START = docker_engine.docker_time("2026-11-29T08:25:15.918652878Z")
 
 
 def test_docker_time_reads_nanoseconds_zones_and_never_started():
     assert START is not None
-    assert orphans.docker_time("2026-11-29T08:25:15.918652Z") == START
-    assert orphans.docker_time("2026-11-29T09:25:15.918652878+01:00") == START
-    assert orphans.docker_time("2026-11-29T08:25:16Z") - START > 0.08
-    assert orphans.docker_time("0001-01-01T00:00:00Z") is None
-    assert orphans.docker_time("") is None
-    assert orphans.docker_time(None) is None
-    assert orphans.docker_time("yesterday") is None
+    assert docker_engine.docker_time("2026-11-29T08:25:15.918652Z") == START
+    assert docker_engine.docker_time("2026-11-29T09:25:15.918652878+01:00") == START
+    assert docker_engine.docker_time("2026-11-29T08:25:16Z") - START > 0.08
+    assert docker_engine.docker_time("0001-01-01T00:00:00Z") is None
+    assert docker_engine.docker_time("") is None
+    assert docker_engine.docker_time(None) is None
+    assert docker_engine.docker_time("yesterday") is None
 
 
 def job(job_id: str, status: str = "started", job_type: str = "delta_apply", since: float = START - 60, **over):
@@ -121,18 +127,18 @@ def test_process_claims_reads_the_current_and_the_ended_processes():
         ("2026-11-29T08:25:16Z", "Waiting for postgres..."),
         ("2026-11-29T08:25:17Z", BANNER),
     )
-    current = orphans.process_claims(raw, "2026-11-29T08:25:15.918652878Z", True, 2000)
+    current = logsigns.process_claims(raw, "2026-11-29T08:25:15.918652878Z", True, 2000)
     assert current == {"last_job": None, "last_job_known": True, "ended_jobs": [A, B]}
-    exited = orphans.process_claims(raw, "2026-11-29T08:25:15Z", False, 2000)
+    exited = logsigns.process_claims(raw, "2026-11-29T08:25:15Z", False, 2000)
     assert exited["ended_jobs"] == [A, B] and exited["last_job"] is None
-    busy = orphans.process_claims(
+    busy = logsigns.process_claims(
         raw + f"\n2026-11-29T08:26:00Z Dequeued job {C}, run!", "2026-11-29T08:25:15Z", True, 9
     )
     assert busy["last_job"] == C and busy["last_job_known"]
     # a full tail of the current process without its banner or a claim: its last claim is unknown
     chatter = stamped_lines(*[("2026-11-29T08:30:00Z", "Finished execution, logs: ...")] * 5)
-    assert orphans.process_claims(chatter, "2026-11-29T08:25:15Z", True, 5)["last_job_known"] is False
-    assert orphans.process_claims(chatter, "2026-11-29T08:25:15Z", True, 6)["last_job_known"] is True
+    assert logsigns.process_claims(chatter, "2026-11-29T08:25:15Z", True, 5)["last_job_known"] is False
+    assert logsigns.process_claims(chatter, "2026-11-29T08:25:15Z", True, 6)["last_job_known"] is True
 
 
 class FakeCursor:
@@ -188,14 +194,14 @@ def test_recover_fails_a_delta_job_and_its_deltas_in_one_transaction_and_skips_w
     assert [(j["id"], j["deltas"]) for j in done] == [(A, 0), (B, 2)]
     assert conn.commits == 1
     sqls = [sql for sql, _params in cursor.statements]
-    assert sqls[1] == orphans.REQUEUE_SQL and sqls[2] == orphans.FAIL_SQL
-    assert sqls[3:5] == [orphans.FAIL_DELTAS_SQL, orphans.FAIL_APPLYJOBDELTAS_SQL]
-    assert sqls[5:] == [orphans.FAIL_SQL]  # C: no delta statement after a job that did not change
-    for sql in (orphans.REQUEUE_SQL, orphans.FAIL_SQL):
+    assert sqls[1] == database.REQUEUE_SQL and sqls[2] == database.FAIL_SQL
+    assert sqls[3:5] == [database.FAIL_DELTAS_SQL, database.FAIL_APPLYJOBDELTAS_SQL]
+    assert sqls[5:] == [database.FAIL_SQL]  # C: no delta statement after a job that did not change
+    for sql in (database.REQUEUE_SQL, database.FAIL_SQL):
         assert "status = %(status)s" in sql and "updated_at = %(updated_text)s" in sql
         assert "started_at IS NOT DISTINCT FROM %(started_text)s" in sql
-    assert "last_status IN ('pending', 'started')" in orphans.FAIL_DELTAS_SQL
-    assert "status IN ('pending', 'started')" in orphans.FAIL_APPLYJOBDELTAS_SQL
+    assert "last_status IN ('pending', 'started')" in database.FAIL_DELTAS_SQL
+    assert "status IN ('pending', 'started')" in database.FAIL_APPLYJOBDELTAS_SQL
     fail_params = cursor.statements[2][1]
     assert fail_params["updated_text"] == "2026-11-29 08:00:00+00"
     assert '"error_type": "WORKER_PROCESS_GONE"' in fail_params["feedback"]
@@ -247,23 +253,23 @@ def test_split_current_run_keeps_the_current_process_and_drops_the_stamps():
             ("2026-11-29T08:25:17.044344Z", "Postgres is ready! ✨ 💅"),
         ]
     )
-    whole, current = stack.split_current_run(raw, "2026-11-29T08:25:15.918652878Z")
+    whole, current = docker_engine.split_current_run(raw, "2026-11-29T08:25:15.918652878Z")
     assert whole.splitlines()[0] == 'could not translate host name "db" to address'
     assert current.splitlines() == ["Waiting for postgres...", "Postgres is ready! ✨ 💅"]
     # no stamps at all (a log driver or a test double without them): all of it is the current process
-    assert stack.split_current_run("a\nb", "2026-11-29T08:25:15Z") == ("a\nb", "a\nb")
+    assert docker_engine.split_current_run("a\nb", "2026-11-29T08:25:15Z") == ("a\nb", "a\nb")
 
 
 def test_database_wait_signs_are_history_once_the_process_is_ready():
     waited = 'Waiting for postgres...\nPostgres isn\'t ready.\ncould not translate host name "db"\n'
-    signs = stack.log_signs(waited + "Postgres is ready!\n" + '{"message": "Dequeue QFieldCloud Jobs from the DB"}')
+    signs = logsigns.log_signs(waited + "Postgres is ready!\n" + '{"message": "Dequeue QFieldCloud Jobs from the DB"}')
     assert signs["host_unresolved"] == 0 and signs["postgres_not_ready"] == 0
     assert signs["dequeue_banner"] and signs["dequeuing"]
-    lost = stack.log_signs(waited + "Postgres is ready!\n" + 'psycopg2: could not translate host name "db"')
+    lost = logsigns.log_signs(waited + "Postgres is ready!\n" + 'psycopg2: could not translate host name "db"')
     assert lost["host_unresolved"] == 1
-    never = stack.log_signs(waited)
+    never = logsigns.log_signs(waited)
     assert never["host_unresolved"] == 1 and not never["dequeuing"]
-    busy = stack.log_signs(f"Dequeued job {A}, run!\nDequeued job {B}, run!")
+    busy = logsigns.log_signs(f"Dequeued job {A}, run!\nDequeued job {B}, run!")
     assert busy["dequeuing"] and not busy["dequeue_banner"] and busy["last_job"] == B
 
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import database as db_sql
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import queue
 
 
@@ -58,8 +59,8 @@ def test_parse_catalog_legacy_generation():
     cat = queue.parse_catalog(row(pp=False, cp=True, cols='[["core_project", "is_locked"]]'))
     assert cat["generation"] == "core_project"
     assert cat["lock_column"] == "is_locked"
-    assert "p.is_locked" in queue.queue_sql(cat)
-    assert "core_project p" in queue.queue_sql(cat)
+    assert "p.is_locked" in db_sql.queue_sql(cat)
+    assert "core_project p" in db_sql.queue_sql(cat)
 
 
 def test_parse_catalog_empty_database():
@@ -72,12 +73,12 @@ def test_parse_catalog_empty_database():
 
 def test_queue_sql_is_one_statement_with_optional_parts():
     cat = queue.parse_catalog(row(delta=False, cron=False))
-    sql = queue.queue_sql(cat)
+    sql = db_sql.queue_sql(cat)
     assert sql.count("SELECT json_build_object(") == 1
     assert "core_delta" not in sql
     assert "django_cron_cronjoblog" not in sql
     assert "locked_at IS NOT NULL" in sql
-    full = queue.queue_sql(queue.parse_catalog(row()))
+    full = db_sql.queue_sql(queue.parse_catalog(row()))
     assert "core_delta" in full
     assert "django_cron_cronjoblog" in full
 
@@ -177,11 +178,11 @@ def test_read_database_migrations_table_empty():
 
 
 def test_the_timeout_comes_from_constance_before_v26_24_and_from_the_environment_after():
-    sql = queue.queue_sql(queue.parse_catalog(row(constance=True)))
+    sql = db_sql.queue_sql(queue.parse_catalog(row(constance=True)))
     assert "FROM constance_constance WHERE key = 'WORKER_TIMEOUT_S'" in sql
     assert "CASE WHEN %(use_constance)s THEN" in sql
     assert "make_interval(secs => (SELECT s FROM timeout))" in sql
-    assert "constance_constance" not in queue.queue_sql(queue.parse_catalog(row()))
+    assert "constance_constance" not in db_sql.queue_sql(queue.parse_catalog(row()))
     doc = {"counts": [], "migrations_applied": 3, "job_timeout_s": 3600, "job_timeout_from_constance": True}
     conn = FakeConn([row(constance=True), [doc]])
     database = queue.read_database({"host": "h"}, 600, connect=lambda **kw: conn)[0]
@@ -193,9 +194,9 @@ def test_the_timeout_comes_from_constance_before_v26_24_and_from_the_environment
 
 
 def test_ended_jobs_are_counted_by_when_they_ended_within_a_bounded_scan():
-    sql = queue.queue_sql(queue.parse_catalog(row()))
+    sql = db_sql.queue_sql(queue.parse_catalog(row()))
     assert "coalesce(finished_at, docker_finished_at, started_at, updated_at) > now() - interval '1 hour'" in sql
-    assert f"created_at > now() - interval '{queue.ENDED_LOOKBACK}' OR updated_at > now() - interval '1 hour'" in sql
+    assert f"created_at > now() - interval '{db_sql.ENDED_LOOKBACK}' OR updated_at > now() - interval '1 hour'" in sql
     assert "'in_flight'" in sql and "core_applyjobdelta" in sql
 
 
@@ -242,9 +243,9 @@ def test_qgis4_projects_are_counted_only_where_projects_have_a_qgis_version():
         row(cols='[["project_project", "locked_at"], ["project_project", "qgis_version"]]')
     )
     assert with_version["has_qgis_version"] is True
-    assert "split_part(p.qgis_version, '.', 1) = '4'" in queue.queue_sql(with_version)
+    assert "split_part(p.qgis_version, '.', 1) = '4'" in db_sql.queue_sql(with_version)
     without = queue.parse_catalog(row())
     assert without["has_qgis_version"] is False
-    assert "qgis4_projects" not in queue.queue_sql(without)
+    assert "qgis4_projects" not in db_sql.queue_sql(without)
     assert queue.summarise_queue({"qgis4_projects": 2})["qgis4_projects"] == 2
     assert queue.summarise_queue({})["qgis4_projects"] is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from builders import CRASH_LOG
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine, logsigns, stack
 
 COMPOSE = {"com.docker.compose.container-number": "1", "com.docker.compose.config-hash": "abc"}
 
@@ -51,7 +51,7 @@ def test_only_our_compose_project():
     assert groups["hand_started"] == []
     assert groups["jobs"] == []
     # Another project's running worker is kept aside: two instances may share one ENVIRONMENT label.
-    assert [stack._name(e) for e in groups["foreign_workers"]] == ["other-worker_wrapper-1"]
+    assert [docker_engine.container_name(e) for e in groups["foreign_workers"]] == ["other-worker_wrapper-1"]
 
 
 def test_oneoff_is_ignored():
@@ -66,7 +66,7 @@ def test_hand_started_from_compose_built_image_is_not_compose():
     hand = entry("qfieldcloud-worker", labels, image="qfieldcloud-worker_wrapper", command="python3 manage.py dequeue")
     groups = classify([hand])
     assert groups["project"] == {}
-    assert [stack._name(e) for e in groups["hand_started"]] == ["qfieldcloud-worker"]
+    assert [docker_engine.container_name(e) for e in groups["hand_started"]] == ["qfieldcloud-worker"]
 
 
 def test_hand_started_rules():
@@ -88,7 +88,7 @@ def test_hand_started_rules():
         # unrelated container on our network
         entry("pgadmin", image="pgadmin", command="/entrypoint.sh"),
     ]
-    names = [stack._name(e) for e in classify(listing)["hand_started"]]
+    names = [docker_engine.container_name(e) for e in classify(listing)["hand_started"]]
     assert names == ["w1", "qfieldcloud-worker-2", "x"]
 
 
@@ -100,7 +100,7 @@ def test_job_containers_only_ours():
         entry("job3", dict(ours, job_id="j3"), image="b-qgis3", networks=("b_default",)),  # other stack
         entry("job4", dict(ours, app="development_worker"), image="qfieldcloud-qgis3"),  # other ENVIRONMENT
     ]
-    names = [stack._name(e) for e in classify(listing)["jobs"]]
+    names = [docker_engine.container_name(e) for e in classify(listing)["jobs"]]
     assert names == ["job1", "job2"]
 
 
@@ -180,7 +180,7 @@ def test_log_signs():
             'psycopg2.errors.UndefinedTable: relation "core_job" does not exist',
         ]
     )
-    signs = stack.log_signs(text)
+    signs = logsigns.log_signs(text)
     assert signs["postgres_not_ready"] == 1
     assert signs["host_unresolved"] == 1
     assert signs["dequeue_banner"] is True
@@ -188,7 +188,7 @@ def test_log_signs():
     assert signs["socket_denied"] == 1
     assert signs["relation_missing"] == 1
     assert signs["lines_scanned"] == 7
-    assert stack.log_signs("")["dequeue_banner"] is False
+    assert logsigns.log_signs("")["dequeue_banner"] is False
 
 
 def test_images():
@@ -243,7 +243,7 @@ def test_job_containers_on_an_external_job_network_are_ours():
     groups = stack.classify_containers(
         listing, "qfieldcloud", "qfieldcloud_default", "production", [], job_network="qfc_jobs"
     )
-    assert [stack._name(e) for e in groups["jobs"]] == ["job1"]
+    assert [docker_engine.container_name(e) for e in groups["jobs"]] == ["job1"]
 
 
 class Events:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import sync_facts
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine, sync_facts
 
 
 @pytest.mark.parametrize(
@@ -32,13 +32,13 @@ def test_status_ok():
 
 
 def test_parse_docker_time():
-    base = sync_facts.parse_docker_time("2025-01-01T00:00:00Z")
-    assert sync_facts.parse_docker_time("2025-01-01T00:00:01.5Z") == base + 1.5
-    assert sync_facts.parse_docker_time("2025-01-01T00:00:00.123456789Z") == pytest.approx(base + 0.123456789)
-    assert sync_facts.parse_docker_time("2025-01-01T02:00:00+02:00") == base
-    assert sync_facts.parse_docker_time("0001-01-01T00:00:00Z") is None
-    assert sync_facts.parse_docker_time("") is None
-    assert sync_facts.parse_docker_time("garbage") is None
+    base = docker_engine.docker_time("2025-01-01T00:00:00Z")
+    assert docker_engine.docker_time("2025-01-01T00:00:01.5Z") == base + 1.5
+    assert docker_engine.docker_time("2025-01-01T00:00:00.123456789Z") == pytest.approx(base + 0.123456789)
+    assert docker_engine.docker_time("2025-01-01T02:00:00+02:00") == base
+    assert docker_engine.docker_time("0001-01-01T00:00:00Z") is None
+    assert docker_engine.docker_time("") is None
+    assert docker_engine.docker_time("garbage") is None
 
 
 def test_default_host_header():
