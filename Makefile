@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo clean docs test-docs release-venv test-importer
+	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo clean docs test-docs release-venv test-importer test-matrix
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -60,6 +60,7 @@ help:
 	@echo 'make docs              the documentation site (antsibull-docs, Sphinx) in tests/output/docs/html'
 	@echo 'make test-docs         make docs, then check that every plugin, role and guide has its page'
 	@echo 'make test-importer     galaxy-importer on the built tarball; fails on any warning'
+	@echo 'make test-matrix       unit tests and sanity under each supported ansible-core (MATRIX_CORES)'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 
 # ---------------------------------------------------------------------------------------------------------
@@ -113,6 +114,37 @@ get-pip-standin:
 	  install -D -m 0644 scripts/get_pip_standin.py "$$target"
 	  echo "setup: installed the get-pip $$pip_version stand-in at $$target"
 	fi
+
+# ---------------------------------------------------------------------------------------------------------
+# support matrix
+
+# The ansible-core releases the collection supports on the controller (meta/runtime.yml requires_ansible and the
+# roles' min_ansible_version say the oldest). .venv/ holds the newest; each older one gets its own venv with the
+# latest patch release of that line, and runs the unit tests and ansible-test sanity as `make test` does.
+MATRIX_CORES ?= 2.17 2.18
+MATRIX_REQUIREMENTS := requirements-matrix.txt
+
+test-matrix:
+	@failed=()
+	for core in $(MATRIX_CORES); do
+	  venv=$(OUTPUT)/matrix/ansible-core-$$core
+	  if [ ! -x $$venv/bin/python ]; then $(PYTHON) -m venv $$venv; fi
+	  wanted="$$core $$(sha256sum $(MATRIX_REQUIREMENTS) | cut -d' ' -f1)"
+	  if [ "$$(cat $$venv/.requirements 2>/dev/null)" != "$$wanted" ]; then
+	    echo "test-matrix: installing ansible-core $$core.* and $(MATRIX_REQUIREMENTS) into $$venv/"
+	    $$venv/bin/python -m pip install --quiet --disable-pip-version-check "ansible-core~=$$core.0" \
+	      -r $(MATRIX_REQUIREMENTS)
+	    echo "$$wanted" > $$venv/.requirements
+	  fi
+	  version=$$($$venv/bin/ansible --version | head -1)
+	  echo "=== test-matrix: $$version"
+	  $(MAKE) get-pip-standin VENV=$$venv >/dev/null
+	  for layer in test-unit sanity; do
+	    if $(MAKE) $$layer BIN=$(CURDIR)/$$venv/bin; then result=ok; else result=FAILED; failed+=("$$core:$$layer"); fi
+	    echo "test-matrix: $$version $$layer $$result"
+	  done
+	done
+	if [ $${#failed[@]} -gt 0 ]; then echo "test-matrix FAILED: $${failed[*]}" >&2; exit 1; fi
 
 # ---------------------------------------------------------------------------------------------------------
 # documentation site
@@ -176,7 +208,7 @@ test-importer: release-venv build
 # Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
 test: setup
 	@failed=()
-	layers=(test-unit sanity lint build changelog-lint test-prometheus test-docs test-importer)
+	layers=(test-unit sanity lint build changelog-lint test-matrix test-prometheus test-docs test-importer)
 	$(if $(call has_tests,tests/integration),layers+=(test-integration))
 	$(if $(call has_tests,tests/harness),layers+=(test-harness))
 	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
