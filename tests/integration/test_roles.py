@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import LOCAL_ARGS, REPO, run_playbook, stack_args
+from ansible_run import REPO, play, recap
 from standin import Stack
 
-
-def play(playbook: str, stack: Stack | None, *args: str, check: bool = False, extra: dict | None = None):
-    cmd = stack_args(stack) if stack is not None else list(LOCAL_ARGS)
-    if extra:
-        cmd += ["-e", json.dumps(extra)]
-    if check:
-        cmd += ["--check", "--diff"]
-    res = run_playbook(playbook, *cmd, *args)
-    res.output = res.stdout + res.stderr
-    return res
-
-
-def recap(res) -> dict:
-    m = re.search(r"localhost\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", res.output)
-    assert m, res.output[-3000:]
-    return {"ok": int(m[1]), "changed": int(m[2]), "failed": int(m[4])}
+JSON_CALLBACK = {"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}
 
 
 def snapshot(stack: Stack) -> dict:
@@ -67,32 +51,26 @@ def started_at(stack: Stack, service: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack():
-    s = Stack(f"ro{uuid.uuid4().hex[:6]}")
-    s.down()
-    s.up()
-    yield s
-    s.down()
-    state = Path("/var/lib/fibreflow-qfieldcloud") / s.name
-    subprocess.run(["rm", "-rf", str(state)], check=False)
+def stack(module_stacks):
+    return module_stacks("ro")
 
 
 def test_bad_project_dir_fails_early_naming_the_variable(tmp_path):
     res = play("playbooks/site.yml", None, extra={"qfieldcloud_project_dir": str(tmp_path / "nowhere")})
     assert res.returncode != 0
-    assert "qfieldcloud_project_dir" in res.output and "is not a directory" in res.output
+    assert "qfieldcloud_project_dir" in res.output and "is not a directory" in res.said
     (tmp_path / "empty").mkdir()
     res = play("playbooks/site.yml", None, extra={"qfieldcloud_project_dir": str(tmp_path / "empty")})
     assert res.returncode != 0
-    assert "qfieldcloud_project_dir: docker compose finds no valid project" in res.output
+    assert "qfieldcloud_project_dir: docker compose finds no valid project" in res.said
 
 
 def test_unknown_probe_project_fails_naming_the_variable(stack):
     res = play("playbooks/verify.yml", stack, extra={"qfieldcloud_probe_project": str(uuid.uuid4())})
     assert res.returncode != 0
-    assert "qfieldcloud_probe_project:" in res.output and "HTTP 404" in res.output
+    assert "qfieldcloud_probe_project:" in res.output and "HTTP 404" in res.said
     res = play("playbooks/verify.yml", stack, extra={"qfieldcloud_probe_project": "probe"})
-    assert res.returncode != 0 and "qfieldcloud_probe_project: expected the uuid" in res.output
+    assert res.returncode != 0 and "qfieldcloud_probe_project: expected the uuid" in res.said
 
 
 def test_site_check_changes_nothing_then_repairs_then_converged(stack):
@@ -118,17 +96,28 @@ def test_site_check_changes_nothing_then_repairs_then_converged(stack):
         "qgis_image_missing",
     ):
         assert code in check.output, code
-    assert "check mode: would run" in check.output  # the build it would start
+    assert "check mode: would run" in check.said  # the build it would start
     assert recap(check)["changed"] > 0
     assert snapshot(stack) == before, "check mode changed the stack"
 
     real = play("playbooks/site.yml", stack)
     assert real.returncode == 0, real.output[-3000:]
-    assert "verify ok (latency" in real.output
+    assert "verify ok (latency" in real.said
     record = json.loads((Path("/var/lib/fibreflow-qfieldcloud") / stack.name / "last-build.json").read_text())
     assert record["services"] and record["duration_s"] >= 0
-    again = play("playbooks/site.yml", stack)
-    assert again.returncode == 0 and recap(again)["changed"] == 0, again.output[-3000:]
+    # Converged: nothing changes, and the play reads the stack once (site.yml's first read serves every role).
+    again = play("playbooks/site.yml", stack, env=JSON_CALLBACK)
+    assert again.returncode == 0, again.output[-3000:]
+    doc = json.loads(again.stdout)
+    assert sum(host["changed"] for host in doc["stats"].values()) == 0, doc["stats"]
+    reads = [
+        task["task"]["name"]
+        for each in doc["plays"]
+        for task in each["tasks"]
+        for result in task["hosts"].values()
+        if result.get("action") == "fibreflow.qfieldcloud.qfc_sync_facts" and not result.get("skipped")
+    ]
+    assert len(reads) == 1, reads
     result = json.loads((Path("/var/lib/fibreflow-qfieldcloud") / stack.name / "verify.json").read_text())
     assert result["outcome"] == "ok" and result["latency_s"] > 0
     assert stack.wait_job(stack.create_job(), timeout=60) == "finished"
@@ -151,7 +140,7 @@ def test_missing_migrations_fail_naming_the_command(stack, tmp_path):
     stack.break_("migrations-missing")
     res = play("playbooks/site.yml", stack, "--tags", "startup")
     assert res.returncode != 0
-    assert "docker compose exec app python manage.py migrate" in res.output
+    assert "docker compose exec app python manage.py migrate" in res.said
     res = play("playbooks/site.yml", stack, "--tags", "startup", extra={"qfieldcloud_startup_migrate": True})
     assert res.returncode == 0, res.output[-3000:]
     subprocess.run([str(REPO / "tests/harness/standin"), "down", "--name", stack.name], check=True, capture_output=True)
@@ -193,7 +182,7 @@ def test_maintenance_prunes_only_what_is_not_the_project(stack, tmp_path):
 
     check = play("playbooks/maintenance.yml", stack, check=True, extra=extra)
     assert check.returncode == 0, check.output[-3000:]
-    assert "check mode: would remove 1 stopped container(s) and 1 dangling image(s)" in check.output
+    assert "check mode: would remove 1 stopped container(s) and 1 dangling image(s)" in check.said
     assert subprocess.run(["docker", "inspect", foreign], capture_output=True, check=False).returncode == 0
 
     res = play("playbooks/maintenance.yml", stack, extra=extra)
@@ -230,7 +219,7 @@ def test_maintenance_rebuild_restarts_worker_without_killing_a_job(stack):
         },
     )
     assert res.returncode == 0, res.output[-3000:]
-    assert "without cache" in res.output and "restart" in res.output
+    assert "without cache" in res.said and "restart" in res.output
     assert stack.job_status(job) == "finished"
     assert (Path("/var/lib/fibreflow-qfieldcloud") / stack.name / "last-rebuild.json").exists()
     assert stack.wait_job(stack.create_job(), timeout=60) == "finished"
