@@ -106,7 +106,9 @@ def run_playbook(
 
 # ------------------------------------------------------------------------------------------------ reading results
 def flat(text: str) -> str:
-    """Output with its line wrapping undone (the default callback folds long messages at the terminal width)."""
+    """Output with its line folding undone. The results are printed as YAML (ansible.cfg: callback_result_format),
+    which folds a long string at a space near column 80: where a phrase folds depends on what comes before it on
+    the line, a path or a stack name, so assertions on phrases read ``flat`` output (``play(...).said``)."""
     return " ".join(text.split())
 
 
