@@ -197,19 +197,18 @@ def _fingerprint(paths: list[str], env_text: str | None) -> str:
     return digest.hexdigest()
 
 
-def base_facts(
-    cli: compose_mod.ComposeCli, project: dict, current: dict, override_path: str, service: str, check: bool
-) -> dict[str, Any]:
+def base_facts(cli: compose_mod.ComposeCli, project: dict, current: dict, override_path: str, service: str) -> dict:
     """What the project's own files (without the owned override) give the worker: ``networks`` (``[[compose key,
     Docker name], ...]``) and ``first_command`` (the command of the first compose file).
 
     The override hides both in the effective configuration, so they need compose reads of their own; those are
-    kept in a cache file beside the lock, valid while the project's other compose files and ``.env`` are unchanged.
+    kept in a cache file beside the lock (outside the project directory, so check mode writes it too), valid while
+    the project's other compose files and ``.env`` are unchanged.
     """
     files = project.get("compose_files") or []
     real = os.path.realpath(override_path)
     others = [path for path in files if os.path.realpath(path) != real]
-    fingerprint = _fingerprint(others, project.get("env_text"))
+    fingerprint = _fingerprint(others, f"{service}\0{project.get('env_text') or ''}")
     cache = compose_mod.lock_path(project["project_name"], project.get("project_dir"))[: -len(".lock")] + ".base.json"
     try:
         with open(cache, encoding="utf-8") as handle:
@@ -237,9 +236,8 @@ def base_facts(
             facts["first_command"] = ((first.get("services") or {}).get(service) or {}).get("command")
         except compose_mod.ComposeError:
             facts["first_command"] = None
-    if not check:
-        with contextlib.suppress(OSError):
-            files_mod.atomic_write(cache, json.dumps(facts), mode=0o600)
+    with contextlib.suppress(OSError):
+        files_mod.atomic_write(cache, json.dumps(facts), mode=0o600)
     return facts
 
 
@@ -336,7 +334,7 @@ def compose_world(run: WorkerRun, engine: Engine, project: dict, cli: compose_mo
             )
         external = network
     override_path = os.path.join(project_dir, override_file)
-    base = base_facts(cli, project, current, override_path, service, run.check)
+    base = base_facts(cli, project, current, override_path, service)
     keep_keys, keep_names = kept(base, network)
     planned_networks = [network, *keep_names]
     check_db_host(engine, db_host, planned_networks, names, source)

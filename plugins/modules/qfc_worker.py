@@ -54,8 +54,8 @@ description:
     the same directory, fsync, rename), so a run killed midway leaves C(.env) and the override whole and the next
     run converges.
   - In check mode no file of the project directory is written and no container is created, started, stopped or
-    removed (only the lock file under C(/run/lock) may be created), yet C(changed), C(drift), C(actions) and
-    C(diff) say exactly what a real run would do.
+    removed (only the lock file under C(/run/lock) and the cache beside it may be created), yet C(changed),
+    C(drift), C(actions) and C(diff) say exactly what a real run would do.
   - A missing worker image fails the task with the problem code C(worker_image_missing) and the exact command that
     provides it, C(docker compose pull SERVICE) for a prebuilt image, C(docker compose build SERVICE) for a local
     build (in check mode it is reported only). The module never pulls or builds; building is the job of the
