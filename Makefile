@@ -185,22 +185,31 @@ test-docs: docs
 	$(BIN)/pytest -q tests/docs
 
 # galaxy-importer, Galaxy's own checks, on the tarball `make build` made (ansible-test off: it wants a
-# container). Its ansible-lint resolves community.docker from the ansible package in .venv/, as on Galaxy where
-# the dependencies are installed. Any WARNING or ERROR line fails.
+# container). Its ansible-lint finds community.docker in the ansible package of .venv-release/, as on Galaxy
+# where the dependencies are installed. Any WARNING or ERROR line fails. Then ansible-builder's introspection of
+# the installed tarball must find the collection's Python requirements (meta/execution-environment.yml).
 test-importer: release-venv build
 	@version=$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')
 	cfg=$$(mktemp)
 	trap 'rm -f "$$cfg"' EXIT
 	printf '[galaxy-importer]\nRUN_ANSIBLE_TEST = False\nRUN_ANSIBLE_LINT = True\n' > "$$cfg"
-	deps=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 	status=0
-	out=$$(GALAXY_IMPORTER_CONFIG=$$cfg ANSIBLE_COLLECTIONS_PATH=$$deps PATH=$(CURDIR)/$(RELEASE_VENV)/bin:$$PATH \
+	out=$$(GALAXY_IMPORTER_CONFIG=$$cfg PATH=$(CURDIR)/$(RELEASE_VENV)/bin:$$PATH \
 	  $(RELEASE_VENV)/bin/python -m galaxy_importer.main $(OUTPUT)/build/fibreflow-qfieldcloud-$$version.tar.gz \
 	  2>&1) || status=$$?
 	grep -v '^Loading ' <<< "$$out" || true
 	if [ "$$status" -ne 0 ] || grep -qE '^(WARNING|ERROR)' <<< "$$out"; then
 	  echo "test-importer: galaxy-importer failed (exit $$status) or warned" >&2; exit 1
 	fi
+	dest=$$(mktemp -d)
+	trap 'rm -rf "$$cfg" "$$dest"' EXIT
+	$(RELEASE_VENV)/bin/ansible-galaxy collection install --offline --no-deps --force -p "$$dest" \
+	  $(OUTPUT)/build/fibreflow-qfieldcloud-$$version.tar.gz >/dev/null
+	found=$$($(RELEASE_VENV)/bin/ansible-builder introspect --sanitize "$$dest")
+	echo "$$found"
+	for requirement in $$(grep -v '^#' meta/ee-requirements.txt | cut -d'>' -f1 | cut -d'=' -f1); do
+	  grep -q "$$requirement" <<< "$$found" || { echo "test-importer: ansible-builder introspect misses $$requirement" >&2; exit 1; }
+	done
 
 # ---------------------------------------------------------------------------------------------------------
 # tests
