@@ -30,21 +30,18 @@ description:
 author:
   - FibreFlow operations (@fibreflow)
 extends_documentation_fragment:
+  - fibreflow.qfieldcloud.attributes
   - fibreflow.qfieldcloud.docker
   - fibreflow.qfieldcloud.project
 requirements:
   - psycopg2 (or psycopg2-binary) on the managed host, unless O(skip) contains V(db)
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads. In check mode the O(prometheus_textfile) is not written.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: none
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
   facts:
     description: Action returns an C(ansible_facts) dictionary that will update existing host facts.

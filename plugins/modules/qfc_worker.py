@@ -67,14 +67,10 @@ requirements:
   - psycopg2 (optional; without it the drain uses the Docker-only rule)
 attributes:
   check_mode:
-    description: Can run in check mode and return changed status prediction without modifying target.
     support: full
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check mode), when in diff mode.
     support: full
   idempotent:
-    description: When run twice in a row outside check mode, with the same arguments, the second invocation
-      indicates no change.
     support: full
 options:
   service:
@@ -190,6 +186,7 @@ options:
     type: int
     default: 120
 extends_documentation_fragment:
+  - fibreflow.qfieldcloud.attributes
   - fibreflow.qfieldcloud.docker
   - fibreflow.qfieldcloud.project
 notes:
