@@ -6,21 +6,29 @@
 One client factory (:func:`client`), the compose labels, the one Docker
 timestamp parser (:func:`docker_time`), the split of a timestamped log into the current process's part
 (:func:`split_current_run`), and :class:`Engine`: inspect, logs, networks and container actions of one run,
-returning plain dicts. The client (:class:`EngineClient`) speaks the Engine API with the standard library.
+returning plain dicts. The client (:class:`EngineClient`) is the Docker SDK for Python's low-level
+``docker.APIClient`` (5.0 or newer: Debian 12's ``python3-docker`` is 5.0.3), with its errors turned into
+:class:`DockerException` and :class:`NotFound`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
 import os
 import re
-import socket
-import struct
-import urllib.parse
+import traceback
 from datetime import datetime, timezone
 from typing import Any
+
+try:
+    import docker
+    from docker import errors as docker_errors
+
+    HAS_DOCKER = True
+    DOCKER_IMPORT_ERROR = None
+except ImportError:  # reported by the modules with missing_required_lib
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
 
 
 class DockerException(Exception):
@@ -35,12 +43,10 @@ class NotFound(DockerException):
     """The object does not exist (HTTP 404)."""
 
 
-# The Engine API is spoken over the daemon's socket with the standard library: no SDK to import (the ``docker``
-# package and ``requests`` cost about a third of a module's start), nothing to install on the Docker host.
-
-
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 DEFAULT_API_TIMEOUT = 10
+# The oldest Engine API the collection speaks (Docker 20.10); "auto" would cost a request per client.
+MIN_API_VERSION = "1.41"
 
 LABEL_PROJECT = "com.docker.compose.project"
 LABEL_SERVICE = "com.docker.compose.service"
@@ -62,152 +68,99 @@ def docker_host(value: str | None) -> str:
 
 
 def client(host: str | None, timeout: float = DEFAULT_API_TIMEOUT) -> EngineClient:
-    """The one Engine API client of both modules, for ``host`` (see :func:`docker_host`): ``unix://`` paths and
-    ``tcp://``/``http://`` addresses. Nothing is sent until the first call."""
+    """The one Engine API client of both modules, for ``host`` (see :func:`docker_host`). Nothing is sent until
+    the first call."""
     return EngineClient(docker_host(host), float(max(1, timeout)))
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
-def convert_filters(filters: dict[str, Any]) -> str:
-    """Engine API ``filters``: every value a list of strings (``{"label": "a"}`` is ``{"label": ["a"]}``)."""
-    result = {}
-    for key, value in filters.items():
-        values = value if isinstance(value, (list, tuple)) else [value]
-        result[key] = [("true" if item else "false") if isinstance(item, bool) else str(item) for item in values]
-    return json.dumps(result)
-
-
-def demux(data: bytes) -> bytes:
-    """The payload of a multiplexed log stream (8-byte frame headers: stream, 0, 0, 0, size), or ``data`` as it
-    is when it is a raw stream (a container with a TTY)."""
-    out, pos = [], 0
-    while pos + 8 <= len(data) and data[pos] in (0, 1, 2) and data[pos + 1 : pos + 4] == b"\0\0\0":
-        (size,) = struct.unpack(">I", data[pos + 4 : pos + 8])
-        out.append(data[pos + 8 : pos + 8 + size])
-        pos += 8 + size
-    return b"".join(out) + data[pos:] if out else data
-
-
 class EngineClient:
-    """The Docker Engine API calls the collection makes, over ``http.client``; JSON in, plain dicts out.
+    """The Docker Engine API calls the collection makes, through ``docker.APIClient``; plain dicts out.
 
-    Method names and arguments follow the low-level API of the Docker SDK for Python (``docker.APIClient``).
+    Every method is the SDK's method of the same name; an error of the SDK is raised as :class:`NotFound` (404),
+    :class:`DockerException` with the HTTP status (other API errors) or without one (the daemon did not answer).
     """
 
     def __init__(self, base_url: str, timeout: float) -> None:
         self.base_url = base_url
         self.timeout = timeout
-        parsed = urllib.parse.urlsplit(base_url)
-        if parsed.scheme == "unix":
-            self._target = ("unix", parsed.path or "/var/run/docker.sock")
-        elif parsed.scheme in ("tcp", "http"):
-            self._target = ("tcp", (parsed.hostname or "localhost", parsed.port or 2375))
-        else:
-            raise DockerException(f"unsupported docker_host {base_url!r}: give unix:///path or tcp://host:port")
+        self._api: Any = None
 
-    def _connection(self, timeout: float) -> http.client.HTTPConnection:
-        kind, where = self._target
-        if kind == "unix":
-            return _UnixConnection(where, timeout)
-        return http.client.HTTPConnection(where[0], where[1], timeout=timeout)
-
-    def _call(
-        self, method: str, path: str, query: dict | None = None, body: Any = None, wait: float = 0, raw: bool = False
-    ) -> Any:
-        """Send one request; return the decoded JSON (``None`` for an empty answer), else (or with ``raw``) the
-        bytes."""
-        params = {k: v for k, v in (query or {}).items() if v is not None}
-        url = path + ("?" + urllib.parse.urlencode(params) if params else "")
-        conn = self._connection(self.timeout + wait)
-        try:
-            payload = None if body is None else json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            conn.request(method, url, body=payload, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            kind = resp.getheader("Content-Type") or ""
-        except (OSError, http.client.HTTPException) as exc:
-            raise DockerException(f"cannot reach the Docker daemon at {self.base_url}: {exc}") from exc
-        finally:
-            conn.close()
-        if resp.status >= 400:
+    @property
+    def api(self) -> Any:
+        """The SDK client, made on first use."""
+        if self._api is None:
+            if not HAS_DOCKER:
+                raise DockerException(
+                    "the Docker SDK for Python is not installed on this host (Debian/Ubuntu: apt-get install"
+                    " python3-docker; RHEL-like: dnf install python3-docker; or pip install docker)"
+                )
             try:
-                message = json.loads(data).get("message") or data.decode(errors="replace")
-            except ValueError:
-                message = data.decode("utf-8", errors="replace")
-            error = NotFound if resp.status == 404 else DockerException
-            raise error(f"{resp.status} {method} {path}: {message.strip()}", resp.status)
-        if "json" in kind and not raw:
-            return json.loads(data) if data.strip() else None
-        return data
+                self._api = docker.APIClient(base_url=self.base_url, timeout=int(self.timeout), version=MIN_API_VERSION)
+            except docker_errors.DockerException as exc:
+                raise DockerException(f"docker_host {self.base_url!r}: {exc}") from exc
+        return self._api
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.api, method)(*args, **kwargs)
+        except docker_errors.NotFound as exc:
+            raise NotFound(str(exc), 404) from exc
+        except docker_errors.APIError as exc:
+            raise DockerException(str(exc), exc.status_code) from exc
+        except (docker_errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
+            raise DockerException(f"cannot reach the Docker daemon at {self.base_url}: {exc}") from exc
 
     # reads
     def ping(self) -> bool:
-        return self._call("GET", "/_ping") == b"OK"
+        return bool(self._call("ping"))
 
     def version(self) -> dict[str, Any]:
-        return self._call("GET", "/version")
+        return self._call("version", api_version=False)
 
     def containers(self, all: bool = False, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        query = {"all": "1" if all else None, "filters": convert_filters(filters) if filters else None}
-        return self._call("GET", "/containers/json", query) or []
+        return self._call("containers", all=all, filters=filters) or []
 
     def images(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/images/json") or []
+        return self._call("images") or []
 
     def networks(self, names: list[str] | None = None) -> list[dict[str, Any]]:
-        query = {"filters": convert_filters({"name": list(names)})} if names else None
-        return self._call("GET", "/networks", query) or []
+        return self._call("networks", names=list(names) if names else None) or []
 
     def inspect_container(self, container: str) -> dict[str, Any]:
-        return self._call("GET", f"/containers/{urllib.parse.quote(container)}/json")
+        return self._call("inspect_container", container)
 
     def inspect_image(self, image: str) -> dict[str, Any]:
-        return self._call("GET", f"/images/{urllib.parse.quote(image, safe='/:@')}/json")
+        return self._call("inspect_image", image)
 
     def inspect_network(self, network: str) -> dict[str, Any]:
-        return self._call("GET", f"/networks/{urllib.parse.quote(network)}")
+        return self._call("inspect_network", network)
 
     def logs(self, container: str, stdout: bool = True, stderr: bool = True, tail: int | str = "all",
              timestamps: bool = False) -> bytes:  # fmt: skip
-        query = {"stdout": int(stdout), "stderr": int(stderr), "tail": tail, "timestamps": int(timestamps)}
-        return demux(self._call("GET", f"/containers/{urllib.parse.quote(container)}/logs", query, raw=True) or b"")
+        return self._call("logs", container, stdout=stdout, stderr=stderr, tail=tail, timestamps=timestamps) or b""
 
     def events(self, since: int, until: int, filters: dict[str, Any] | None = None, decode: bool = True) -> list:
         """The events between ``since`` and ``until`` (epoch seconds; the answer ends at ``until``)."""
-        query = {"since": since, "until": until, "filters": convert_filters(filters) if filters else None}
-        data = self._call("GET", "/events", query, raw=True)
-        return [json.loads(line) for line in (data or b"").splitlines() if line.strip()]
+        return list(self._call("events", since=since, until=until, filters=filters, decode=decode))
 
     # writes
     def start(self, container: str) -> None:
-        self._call("POST", f"/containers/{urllib.parse.quote(container)}/start")
+        self._call("start", container)
 
     def stop(self, container: str, timeout: int = 10) -> None:
-        self._call("POST", f"/containers/{urllib.parse.quote(container)}/stop", {"t": int(timeout)}, wait=timeout)
+        self._call("stop", container, timeout=int(timeout))
 
     def restart(self, container: str, timeout: int = 10) -> None:
-        self._call("POST", f"/containers/{urllib.parse.quote(container)}/restart", {"t": int(timeout)}, wait=timeout)
+        self._call("restart", container, timeout=int(timeout))
 
     def kill(self, container: str, signal: str | None = None) -> None:
-        self._call("POST", f"/containers/{urllib.parse.quote(container)}/kill", {"signal": signal})
+        self._call("kill", container, signal=signal)
 
     def remove_container(self, container: str, force: bool = False) -> None:
-        self._call("DELETE", f"/containers/{urllib.parse.quote(container)}", {"force": "1" if force else None})
+        self._call("remove_container", container, force=force)
 
     def create_container(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/containers/create", {"name": name}, body)
+        return self._call("create_container_from_config", body, name=name)
 
 
 _TS = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$")

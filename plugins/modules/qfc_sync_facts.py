@@ -34,7 +34,8 @@ extends_documentation_fragment:
   - fibreflow.qfieldcloud.docker
   - fibreflow.qfieldcloud.project
 requirements:
-  - psycopg2 (or psycopg2-binary) on the managed host, unless O(skip) contains V(db)
+  - the Docker SDK for Python 5.0 or newer (Debian/Ubuntu C(python3-docker)) on the managed host
+  - psycopg2 (or psycopg2-binary; Debian/Ubuntu C(python3-psycopg2)) on the managed host, unless O(skip) contains V(db)
 attributes:
   check_mode:
     support: full
@@ -284,7 +285,7 @@ import traceback
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import database
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import database, docker_engine
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.argspec import common_args
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.sync_facts import CHECKS, gather
 
@@ -312,9 +313,16 @@ def main() -> None:
         supports_check_mode=True,
     )
     params = module.params
+    if not docker_engine.HAS_DOCKER:
+        module.fail_json(
+            msg=missing_required_lib("docker") + " Debian/Ubuntu: apt-get install python3-docker; RHEL-like: dnf"
+            " install python3-docker (EPEL); or run the role fibreflow.qfieldcloud.prerequisites.",
+            exception=docker_engine.DOCKER_IMPORT_ERROR,
+        )
     if "db" not in params["skip"] and not database.HAS_PSYCOPG2:
         module.fail_json(
-            msg=missing_required_lib("psycopg2") + " Or set skip: [db] to diagnose without the database.",
+            msg=missing_required_lib("psycopg2") + " Debian/Ubuntu: apt-get install python3-psycopg2; RHEL-like:"
+            " dnf install python3-psycopg2. Or set skip: [db] to diagnose without the database.",
             exception=database.PSYCOPG2_IMPORT_ERROR,
         )
     for name in ("timeout", "pending_age_threshold", "cron_max_age", "crash_window"):

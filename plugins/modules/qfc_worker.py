@@ -63,6 +63,7 @@ description:
 author:
   - FibreFlow operations (@fibreflow)
 requirements:
+  - the Docker SDK for Python 5.0 or newer (Debian/Ubuntu C(python3-docker)) on the managed host
   - the docker CLI with the compose v2 plugin (compose mode)
   - psycopg2 (optional; without it the drain uses the Docker-only rule)
 attributes:
@@ -363,9 +364,9 @@ lock_waited_s:
   type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_apply
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine, worker_apply
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.argspec import common_args
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.worker_plan import WorkerError, validate_replicas
 
@@ -392,6 +393,12 @@ def main() -> None:
         ),
         supports_check_mode=True,
     )
+    if not docker_engine.HAS_DOCKER:
+        module.fail_json(
+            msg=missing_required_lib("docker") + " Debian/Ubuntu: apt-get install python3-docker; RHEL-like: dnf"
+            " install python3-docker (EPEL); or run the role fibreflow.qfieldcloud.prerequisites.",
+            exception=docker_engine.DOCKER_IMPORT_ERROR,
+        )
     for option in ("drain_timeout", "lock_timeout", "timeout", "compose_timeout"):
         if module.params[option] < 0:
             module.fail_json(msg=f"{option}: expected a number of seconds >= 0, got {module.params[option]}")

@@ -19,7 +19,7 @@ import pytest
 from ansible_run import run_module
 from standin import Stack
 
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans, queue, worker_enforce
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes, docker_engine, orphans, queue
 
 pytestmark = pytest.mark.integration
 
@@ -286,8 +286,8 @@ def test_a_dead_delta_job_reaches_the_crons_end_state_in_one_transaction(stack):
 
 
 # ---------------------------------------------------------------------------------------------- the safety rule
-def worker_claims(engine: worker_enforce.Engine, project: str) -> dict | None:
-    return worker_enforce.WorkerRun({})._worker_claims(engine, project)
+def worker_claims(engine: docker_engine.Engine, project: str) -> dict | None:
+    return orphans.worker_claims(engine, project)
 
 
 def test_a_job_held_by_a_live_process_is_never_named_over_many_claims(stack):
@@ -297,7 +297,7 @@ def test_a_job_held_by_a_live_process_is_never_named_over_many_claims(stack):
     projects = [new_project(stack) for _n in range(6)]
     fast = {"standin_seconds": 0.2}
     jobs = [insert_job(stack, projects[n % 6], "pending", feedback=fast, created=1) for n in range(30)]
-    engine = worker_enforce.Engine(worker_enforce.docker_client(None, 30))
+    engine = docker_engine.Engine(docker_engine.client(None, 30))
     conn = connect(stack)
     seen: set[str] = set()
     single_read_named: set[str] = set()
@@ -394,7 +394,7 @@ def test_a_delta_job_whose_replica_was_killed_mid_job_is_recovered_in_the_run_th
         assert {"claimant_gone", "job_container_ended"} & set(done["evidence"]), done
         assert stack.job_status(job) == "failed"
         assert delta_states(stack, job) == [("error", "error"), ("error", "error")]
-        codes = {item["code"] for item in res["drift"]}
-        assert orphans.CODE in codes
+        found = {item["code"] for item in res["drift"]}
+        assert codes.CODE_JOBS_ORPHANED in found
     finally:
         drop_jobs(stack, [project])

@@ -58,24 +58,33 @@ def test_connection_params_bound_every_statement_by_the_connect_timeout():
     assert database.job_statuses({}, ["x"]) is None
 
 
-def test_a_multiplexed_log_is_demultiplexed_and_a_raw_one_kept():
-    frames = b"\x01\x00\x00\x00\x00\x00\x00\x06hello\n" + b"\x02\x00\x00\x00\x00\x00\x00\x04err\n"
-    assert docker_engine.demux(frames) == b"hello\nerr\n"
-    assert docker_engine.demux(b"plain tty output\n") == b"plain tty output\n"
-    assert docker_engine.demux(b"") == b""
+def test_the_client_is_the_sdks_low_level_client_made_on_first_use():
+    api = docker_engine.client("tcp://10.0.0.1:2376")
+    assert api._api is None  # nothing is sent, nothing is made, until the first call
+    assert api.api.base_url == "http://10.0.0.1:2376"
+    assert api.api._version == docker_engine.MIN_API_VERSION
 
 
-def test_filters_are_lists_of_strings_as_the_engine_wants_them():
-    assert docker_engine.convert_filters({"label": "job_id", "status": ["running"], "dangling": True}) == (
-        '{"label": ["job_id"], "status": ["running"], "dangling": ["true"]}'
-    )
+def test_sdk_errors_become_the_engine_errors(monkeypatch):
+    from docker import errors
 
+    api = docker_engine.client(None)
 
-def test_the_client_takes_unix_and_tcp_hosts_only():
-    assert docker_engine.client("unix:///run/x.sock")._target == ("unix", "/run/x.sock")
-    assert docker_engine.client("tcp://10.0.0.1:2376")._target == ("tcp", ("10.0.0.1", 2376))
-    with pytest.raises(docker_engine.DockerException, match="unix:///path or tcp://host:port"):
-        docker_engine.client("ssh://host")
+    class Fake:
+        def inspect_container(self, name):
+            raise errors.NotFound(f"No such container: {name}", response=None)
+
+        def kill(self, name, signal=None):
+            response = type("Response", (), {"status_code": 409, "reason": "Conflict", "url": "/kill"})()
+            raise errors.APIError("is not running", response=response)
+
+    monkeypatch.setattr(api, "_api", Fake())
+    with pytest.raises(docker_engine.NotFound) as missing:
+        api.inspect_container("x")
+    assert missing.value.status == 404
+    with pytest.raises(docker_engine.DockerException) as conflict:
+        api.kill("x")
+    assert conflict.value.status == 409 and not isinstance(conflict.value, docker_engine.NotFound)
 
 
 def test_an_unreachable_daemon_raises_the_engine_error(tmp_path):

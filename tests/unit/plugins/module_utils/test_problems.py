@@ -503,25 +503,16 @@ def test_unchecked_client_yields_nothing():
 
 # ------------------------------------------------------------------------------------------------ one catalogue
 MODULE_UTILS = "ansible_collections.fibreflow.qfieldcloud.plugins"
-# Detectors of qfc_worker's own codes, named as the planner and the drainer of issue 14 item 2 will be; while
-# their module lacks the function they are skipped with the reason, then the test below checks them like the others.
-PENDING = {
-    "worker_plan.plan": "the pure planner worker_plan.plan (issue 14 item 2) does not exist yet",
-    "drain.drain": "the drainer moves from worker_enforce.WorkerRun._drain into drain.drain (issue 14 item 2)",
-}
 DETECTORS = [(code, name) for code, entry in pb.CATALOGUE.items() for name in entry["detectors"]]
 
 
 def resolve_detector(name):
-    """The function a detector name points at, or a reason to skip when its module does not exist yet."""
+    """The function a detector name points at; a name whose module or function does not exist fails."""
     kind, _sep, rest = name.rpartition("/")
     module, _dot, function = rest.rpartition(".")
     dotted = f"{MODULE_UTILS}.{kind or 'module_utils'}.{module}"
-    if importlib.util.find_spec(dotted) is None:
-        pytest.skip(f"{name}: module {dotted} does not exist yet (issue 14: the other helper's planner/drainer)")
+    assert importlib.util.find_spec(dotted) is not None, f"{name}: there is no module {dotted}"
     found = getattr(importlib.import_module(dotted), function, None)
-    if found is None and name in PENDING:
-        pytest.skip(f"{name}: {PENDING[name]}")
     assert found is not None, f"{dotted} has no {function}"
     return found
 
