@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo clean docs test-docs release-venv test-importer test-matrix
+	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo samples clean docs test-docs release-venv test-importer test-matrix
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -62,6 +62,7 @@ help:
 	@echo 'make test-importer     galaxy-importer on the built tarball; fails on any warning'
 	@echo 'make test-matrix       unit tests and sanity under each supported ansible-core (MATRIX_CORES)'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
+	@echo 'make samples           docs/samples/: diagnose.yml output and a drift report of a broken stand-in'
 
 # ---------------------------------------------------------------------------------------------------------
 # setup
@@ -345,6 +346,10 @@ changelog-lint:
 # DEMO_KEEP=1 keeps the stand-in (named DEMO_NAME, default demo).
 demo: setup
 	scripts/demo.sh
+
+# The real outputs the README shows (docs/samples/), from a broken stand-in.
+samples: setup
+	scripts/samples.sh
 
 clean:
 	rm -rf $(OUTPUT)/build .pytest_cache .ruff_cache

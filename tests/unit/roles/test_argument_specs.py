@@ -28,8 +28,10 @@ def test_spec_keys_equal_default_keys(role):
         f"{role}: documented but no default: {sorted(optional - set(defaults))}; "
         f"default but undocumented: {sorted(set(defaults) - optional)}"
     )
-    # The one variable without default is the project directory, required by every role.
-    assert {n for n, s in options.items() if s.get("required")} == {"qfieldcloud_project_dir"}
+    # The one variable without default is the project directory, required by every role that acts on a project
+    # (prerequisites makes the host ready, whatever project it runs).
+    wanted = set() if role == "prerequisites" else {"qfieldcloud_project_dir"}
+    assert {n for n, s in options.items() if s.get("required")} == wanted
 
 
 @pytest.mark.parametrize("role", ROLE_NAMES)
@@ -51,6 +53,7 @@ def test_variables_carry_the_prefix(role):
         "qfieldcloud_probe_username",
         "qfieldcloud_probe_password",
         "qfieldcloud_state_dir",
+        "qfieldcloud_facts",
     }
     for name in load(ROLES / role / "defaults" / "main.yml"):
         assert name in shared or name.startswith(f"qfieldcloud_{role}_"), f"{role}: {name} lacks the role prefix"
