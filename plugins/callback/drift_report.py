@@ -485,6 +485,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         for error in host.get("errors") or []:
             lines.append(f"- **error** in task `{_cell(error.get('task'))}`: {_cell(error.get('msg'), 400)}")
         if host.get("items"):
+            if lines[-1]:  # a table needs a blank line after the list above it
+                lines.append("")
             lines += [
                 "| Code | Severity | Replica | Field | Expected | Actual | Corrected | Remedy |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- |",

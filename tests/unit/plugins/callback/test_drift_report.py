@@ -531,3 +531,6 @@ def test_drift_report_markdown_shows_the_worker_log():
     assert item["evidence"]["log"] == [UNRESOLVED]
     text = dr.render_markdown(doc)
     assert "Worker log behind `worker_db_host_wrong`" in text and UNRESOLVED in text
+    # the verdict line is a list item: the table after it needs a blank line, or Markdown renders no table
+    verdict, table = text.index("- **SYNC BLOCKED**"), text.index("| Code | Severity |")
+    assert verdict < table and text[text.rindex("\n", 0, table - 1) : table] == "\n\n"
