@@ -147,3 +147,12 @@ def test_every_module_in_the_tree_is_listed_by_ansible_doc():
     assert result.returncode == 0, result.stderr
     listed = set(json.loads(result.stdout))
     assert listed == in_tree, f"missing from ansible-doc: {in_tree - listed}; unexpected: {listed - in_tree}"
+
+
+def test_the_roles_and_the_runtime_declare_the_same_oldest_ansible_core(runtime):
+    oldest = runtime["requires_ansible"].removeprefix(">=")
+    for meta in sorted((ROOT / "roles").glob("*/meta/main.yml")):
+        declared = yaml.safe_load(meta.read_text())["galaxy_info"]["min_ansible_version"]
+        assert oldest.startswith(f"{declared}."), f"{meta}: min_ansible_version {declared}, requires_ansible {oldest}"
+    matrix = re.search(r"^MATRIX_CORES \?= (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert oldest.startswith(f"{matrix[0]}."), f"the oldest core tested ({matrix[0]}) is not the one declared"
