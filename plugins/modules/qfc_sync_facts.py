@@ -210,11 +210,28 @@ problems:
   returned: always
   type: list
   elements: dict
+  sample:
+    - code: worker_socket_denied
+      severity: critical
+      blocks: sync
+      summary: The worker cannot use the Docker socket (not running as root)
+      evidence:
+        container: dret-worker_wrapper-1
+        field: user
+        expected: root
+        actual: "10001"
+        log:
+          - "docker.errors.DockerException: Error while fetching server API version: ('Connection aborted.',
+            PermissionError(13, 'Permission denied'))"
+        more: [{container: dret-worker_wrapper-1, sign: Permission denied on docker.sock, log_lines_matching: 3}]
+      remedy: "`ansible-playbook fibreflow.qfieldcloud.site` (qfc_worker enforces user root in its compose override),
+        or set `user: root` on worker_wrapper and `cd /opt/qfieldcloud && docker compose up -d --no-deps
+        worker_wrapper`."
   contains:
     code:
       description: Stable snake_case problem code.
       type: str
-      sample: worker_not_running
+      sample: worker_socket_denied
     severity:
       description: V(critical) (sync blocked now), V(error) (breaks sync for some jobs or soon), V(warning).
       type: str
@@ -228,22 +245,25 @@ problems:
     summary:
       description: One line for a person.
       type: str
-      sample: "No worker_wrapper is running: jobs stay pending forever"
+      sample: The worker cannot use the Docker socket (not running as root)
     evidence:
       description:
         - What was observed (container names, values, counts, log sign counts). Secrets masked.
         - For a worker problem, C(log) holds the last lines of the worker's log that explain it (at most 20, each cut
           to 300 characters, secrets masked).
       type: dict
-      sample: {"replicas_expected": 1, "replicas_running": 0, "containers": []}
+      sample: {"replicas_expected": 1, "replicas_running": 0, "containers": [{"name": "dret-worker_wrapper-1",
+               "state": "restarting"}]}
     remedy:
       description: The command or the collection playbook that fixes it.
       type: str
-      sample: "ansible-playbook fibreflow.qfieldcloud.site (role fibreflow.qfieldcloud.worker), or ..."
+      sample: "`ansible-playbook fibreflow.qfieldcloud.site` (role fibreflow.qfieldcloud.worker), or
+        `cd /opt/qfieldcloud && docker compose up -d --no-deps worker_wrapper`."
 prometheus_textfile_written:
-  description: Whether the metrics file was written (false in check mode or when not asked).
+  description: Whether the metrics file was written (false in check mode or when O(prometheus_textfile) is not set).
   returned: always
   type: bool
+  sample: false
 ansible_facts:
   description: Facts set for later tasks.
   returned: always
@@ -251,33 +271,861 @@ ansible_facts:
   contains:
     qfc_sync:
       description:
-        - Everything learnt about the stack. Keys present depend on what could be reached and on O(skip).
-        - C(project) (name, name_source, dir, env_file, compose_files, network, environment);
-          C(daemon) (reachable, version, api_version, docker_host, error);
-          C(services) (per service - present, containers, running, state, health, restart_count, image, image_id,
-          started_at, created);
-          C(worker) (expected, replicas_expected, replicas_running, hand_started_running, replicas, hand_started;
-          each replica has name, state, running, restart_count, started_at, user, networks, published_ports,
-          postgres_host, socket_mount, command, entrypoint, image, image_id, restart_policy, hardening, drift, log,
-          log_tail, log_excerpt);
-          C(images) (worker, app, qgis - name, present, id, variable);
-          C(database) (checked, reachable, error_kind, error, host, port, name, user, in_recovery, generation,
-          lock_column, tables_present, missing_tables, migrations_applied, round_trips);
-          C(queue) (counts_by_status, counts_by_type, counts, claimable_pending, oldest_claimable_pending_age_s,
-          oldest_pending_age_s, overdue_queued, overdue_started, overdue_jobs, failed_last_hour,
-          finished_last_hour, pending_deltas, locked_projects);
-          C(app) (checked, url, host_header, reachable, http_status, status, ok, error);
-          C(client) (checked, host, host_source, nginx_host, local_host, url - the server URL to enter in QField,
-          via - nginx or app, scheme, public_port, connect_host, connect_port, host_header, alternatives, reachable,
-          http_status, ok, error);
-          C(cron) (checked, ofelia_present, ofelia_running, ofelia_stale, last_run, last_run_age_s);
-          C(job_containers), C(orphan_job_containers), C(thresholds), C(checks_skipped), C(api_calls), C(duration_s).
-      type: dict
+        - Everything learnt about the stack, secrets masked. The sections present depend on what could be reached and
+          on O(skip); a section whose check was skipped or could not run holds C(checked=false) and, when something
+          stopped it, C(error).
+        - The samples below come from a healthy stand-in stack named C(dret) unless said otherwise.
       returned: always
-      sample:
-        project: {name: qfieldcloud, network: qfieldcloud_default}
-        worker: {replicas_expected: 1, replicas_running: 1}
-        queue: {claimable_pending: 0, oldest_claimable_pending_age_s: null}
+      type: dict
+      contains:
+        project:
+          description: The compose project, as read from C(.env), the compose files and the options.
+          type: dict
+          contains:
+            name:
+              description: The compose project name.
+              type: str
+              sample: dret
+            name_source:
+              description: >-
+                Where the name came from, V(argument) (O(project_name)), V(env) (C(COMPOSE_PROJECT_NAME)),
+                V(compose_file), V(directory) or V(default).
+              type: str
+              sample: env
+            dir:
+              description: The project directory, or null when only O(project_name) was given.
+              type: str
+              sample: /opt/qfieldcloud
+            env_file:
+              description: Path of the C(.env) read, or null when there is none.
+              type: str
+              sample: /opt/qfieldcloud/.env
+            compose_files:
+              description: The compose files of C(COMPOSE_FILE) (or the defaults), as absolute paths, in order.
+              type: list
+              elements: str
+              sample: ["/opt/qfieldcloud/docker-compose.yml", "/opt/qfieldcloud/docker-compose.override.standalone.yml"]
+            network:
+              description: The project's default network (C(<project>_default)), where the worker and the database are.
+              type: str
+              sample: dret_default
+            job_network:
+              description: The network the QGIS job containers join (C(QFIELDCLOUD_DEFAULT_NETWORK) or RV(ansible_facts.qfc_sync.project.network)).
+              type: str
+              sample: dret_default
+            job_network_source:
+              description: V(QFIELDCLOUD_DEFAULT_NETWORK) when that variable names another network, else V(default).
+              type: str
+              sample: default
+            environment:
+              description: The C(ENVIRONMENT) of the stack (from its containers when they run, else from C(.env)).
+              type: str
+              sample: production-dret
+            database_service:
+              description: The compose service the worker's C(POSTGRES_HOST) resolves to, or null when it is outside the project.
+              type: str
+              sample: db
+        thresholds:
+          description: The limits the problems were judged with.
+          type: dict
+          contains:
+            pending_age_s:
+              description: O(pending_age_threshold).
+              type: int
+              sample: 300
+            job_timeout_s:
+              description: The job timeout in seconds (O(job_timeout), else what the stack configures).
+              type: int
+              sample: 600
+            job_timeout_source:
+              description: >-
+                Where the job timeout came from, V(option) (O(job_timeout)), V(environment)
+                (C(QFIELDCLOUD_WORKER_TIMEOUT_S)), V(constance_constance) (the database, before v26.24) or V(default).
+              type: str
+              sample: environment
+            cron_max_age_s:
+              description: O(cron_max_age).
+              type: int
+              sample: 300
+            crash_restarts:
+              description: How many deaths within the crash window make a crash loop.
+              type: int
+              sample: 3
+            crash_window_s:
+              description: O(crash_window).
+              type: int
+              sample: 600
+        daemon:
+          description: The Docker daemon.
+          type: dict
+          contains:
+            reachable:
+              description: Whether the daemon answered.
+              type: bool
+              sample: true
+            version:
+              description: Docker engine version.
+              type: str
+              sample: 20.10.24+dfsg1
+            api_version:
+              description: Docker API version of the daemon.
+              type: str
+              sample: "1.41"
+            os:
+              description: The daemon's operating system.
+              type: str
+              sample: linux
+            docker_host:
+              description: The address used (O(docker_host)).
+              type: str
+              sample: unix:///var/run/docker.sock
+            error:
+              description: Why the daemon could not be reached.
+              type: str
+              returned: when the daemon is unreachable
+              sample: "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No such file or directory'))"
+        services:
+          description:
+            - One entry per compose service of the project (from the containers' labels), keyed by the service name
+              (V(app), V(db), V(nginx), V(worker_wrapper), V(ofelia), V(memcached), V(qgis3), ...). Each entry holds
+              the fields below.
+          type: dict
+          contains:
+            present:
+              description: Whether the service has at least one container.
+              type: bool
+              sample: true
+            containers:
+              description: Number of containers of the service.
+              type: int
+              sample: 1
+            running:
+              description: Number of them running.
+              type: int
+              sample: 1
+            state:
+              description: State of its first container (V(running), V(restarting), V(exited), ...).
+              type: str
+              sample: running
+            health:
+              description: Health status when the image has a healthcheck, else null.
+              type: str
+              sample: null
+            restart_count:
+              description: Docker's restart count of its first container (over the container's life).
+              type: int
+              sample: 0
+            image:
+              description: The image name the container runs.
+              type: str
+              sample: dret-app
+            image_id:
+              description: The image ID.
+              type: str
+              sample: sha256:259ed251c23cf1885c7208dde6cd5a949cb55d9411d187a9d0c52b4d5e6cbbaa
+            started_at:
+              description: When the container last started (Docker timestamp, UTC).
+              type: str
+              sample: "2026-12-01T12:20:51.767960416Z"
+            created:
+              description: When the container was created (Docker timestamp, UTC).
+              type: str
+              sample: "2026-12-01T12:20:48.431094079Z"
+            ports:
+              description: Published ports, each with C(port), C(proto), C(host_ip) and C(host_port).
+              type: list
+              elements: dict
+              sample: [{"port": 80, "proto": "tcp", "host_ip": "0.0.0.0", "host_port": 42401}]
+        worker:
+          description: The worker service C(worker_wrapper), its replicas and the workers started by hand beside it.
+          type: dict
+          contains:
+            service:
+              description: The worker's compose service name.
+              type: str
+              sample: worker_wrapper
+            expected:
+              description: >-
+                The required state each replica is compared with (C(user), C(command), C(db_host), C(network),
+                C(image), C(restart_policy), C(published_ports), C(socket), C(running)); C(db_names) lists the names
+                the database answers to on each network.
+              type: dict
+              sample: {"user": "root", "command": "python manage.py dequeue", "db_host": "db", "network": "dret_default",
+                       "image": "dret-worker_wrapper", "restart_policy": "unless-stopped", "published_ports": [],
+                       "socket": "/var/run/docker.sock", "running": true,
+                       "db_names": {"dret_default": ["db", "dret-db-1"]}}
+            replicas_expected:
+              description: The replicas wanted (C(QFIELDCLOUD_WORKER_REPLICAS) or the compose C(scale)).
+              type: int
+              sample: 1
+            replicas_running:
+              description: The compose replicas running.
+              type: int
+              sample: 1
+            replicas_healthy:
+              description: The replicas running a healthy dequeue loop now (see C(healthy_now) of each replica).
+              type: int
+              sample: 1
+            hand_started_running:
+              description: Workers started by hand (C(docker run)) that run.
+              type: int
+              sample: 0
+            replicas:
+              description: One entry per compose replica of the worker service.
+              type: list
+              elements: dict
+              contains:
+                name:
+                  description: Container name.
+                  type: str
+                  sample: dret-worker_wrapper-1
+                id:
+                  description: Short container ID.
+                  type: str
+                  sample: 94ed84101041
+                number:
+                  description: The compose replica number (null for a worker started by hand).
+                  type: int
+                  sample: 1
+                service:
+                  description: The compose service.
+                  type: str
+                  sample: worker_wrapper
+                compose:
+                  description: True for a compose replica, false for a worker started by hand.
+                  type: bool
+                  sample: true
+                state:
+                  description: Docker state (V(running), V(restarting), V(exited), ...).
+                  type: str
+                  sample: running
+                running:
+                  description: Whether it runs.
+                  type: bool
+                  sample: true
+                restarting:
+                  description: Whether Docker is restarting it.
+                  type: bool
+                  sample: false
+                healthy_now:
+                  description: >-
+                    Whether it runs a healthy dequeue loop now (running, past the dequeue banner and no fault sign in
+                    its current process's log).
+                  type: bool
+                  sample: true
+                health:
+                  description: Health status when the image has a healthcheck, else null.
+                  type: str
+                  sample: null
+                restart_count:
+                  description: Docker's restart count over the container's life (grows with every database restart).
+                  type: int
+                  sample: 1
+                recent_deaths:
+                  description: Deaths within the crash window (O(crash_window)), from the engine's events.
+                  type: int
+                  sample: 1
+                exit_code:
+                  description: Exit code of its last run.
+                  type: int
+                  sample: 0
+                last_exit_age_s:
+                  description: Seconds since it last died, or null.
+                  type: float
+                  sample: 26.6
+                created:
+                  description: When the container was created (UTC).
+                  type: str
+                  sample: "2026-12-01T12:20:48.428680826Z"
+                started_at:
+                  description: When it last started (UTC).
+                  type: str
+                  sample: "2026-12-01T12:21:02.701604856Z"
+                finished_at:
+                  description: When its last run ended (UTC; Docker's zero time when it never ended).
+                  type: str
+                  sample: "2026-12-01T12:21:01.770604605Z"
+                user:
+                  description: The user it runs as (must be V(root) to use the Docker socket).
+                  type: str
+                  sample: root
+                image_user:
+                  description: The image's own user, or null.
+                  type: str
+                  sample: "10001"
+                networks:
+                  description: Networks it is attached to.
+                  type: list
+                  elements: str
+                  sample: ["dret_default"]
+                ips:
+                  description: Its address on each network.
+                  type: dict
+                  sample: {"dret_default": "192.168.80.3"}
+                ports:
+                  description: Port bindings (C(port), C(proto), C(host_ip), C(host_port)).
+                  type: list
+                  elements: dict
+                  sample: []
+                published_ports:
+                  description: Container ports published on the host (should be empty).
+                  type: list
+                  elements: str
+                  sample: []
+                postgres_host:
+                  description: Its C(POSTGRES_HOST).
+                  type: str
+                  sample: db
+                socket_mount:
+                  description: The Docker socket mount (C(present), C(rw), C(source)).
+                  type: dict
+                  sample: {"present": true, "rw": true, "source": "/var/run/docker.sock"}
+                mounts:
+                  description: Its mounts (C(type), C(source), C(target), C(rw)).
+                  type: list
+                  elements: dict
+                  sample: [{"type": "bind", "source": "/tmp", "target": "/tmp", "rw": true}]
+                env_keys:
+                  description: Names of its environment variables (names only, never values).
+                  type: list
+                  elements: str
+                  sample: ["ENVIRONMENT", "POSTGRES_HOST", "QFIELDCLOUD_WORKER_TIMEOUT_S", "TMP_DIRECTORY"]
+                command:
+                  description: Its command.
+                  type: list
+                  elements: str
+                  sample: ["python3", "manage.py", "dequeue"]
+                entrypoint:
+                  description: Its entrypoint.
+                  type: list
+                  elements: str
+                  sample: ["/opt/standin/docker-entrypoint.sh"]
+                image:
+                  description: Image name.
+                  type: str
+                  sample: dret-worker_wrapper
+                image_id:
+                  description: Image ID.
+                  type: str
+                  sample: sha256:d3e2ddd54eeef93c67d9a2a87636c634b3d17b025ccfcabd4d52c82536d820da
+                restart_policy:
+                  description: Docker restart policy name.
+                  type: str
+                  sample: unless-stopped
+                hardening:
+                  description: C(read_only), C(no_new_privileges) and C(cap_drop) of the container.
+                  type: dict
+                  sample: {"cap_drop": [], "no_new_privileges": false, "read_only": false}
+                drift:
+                  description: >-
+                    What differs from RV(ansible_facts.qfc_sync.worker.expected), one item per field with C(field),
+                    C(expected), C(actual) and the problem C(code). Sample from the stand-in with the worker's
+                    C(user: root) removed.
+                  type: list
+                  elements: dict
+                  sample: [{"field": "user", "expected": "root", "actual": "10001", "code": "worker_socket_denied"}]
+                log:
+                  description: >-
+                    Counts of the signs found in the last O(log_lines) lines of its current process's log
+                    (C(socket_denied), C(host_unresolved), C(postgres_not_ready), C(relation_missing), ...),
+                    C(dequeue_banner), C(dequeuing), C(dequeued_jobs), C(ended_jobs), C(last_job) and C(lines_scanned).
+                  type: dict
+                  sample: {"dequeue_banner": true, "dequeuing": true, "dequeued_jobs": 0, "ended_jobs": [],
+                           "last_job": null, "last_job_known": true, "lines_scanned": 108, "socket_denied": 3,
+                           "host_unresolved": 0, "postgres_not_ready": 0, "postgres_ready": 1, "relation_missing": 0,
+                           "replica_refused": 0, "network_not_found": 0, "pull_denied": 0, "timeout_invalid": 0}
+                log_tail:
+                  description: The last O(log_tail_lines) lines of its log, secrets masked.
+                  type: list
+                  elements: str
+                  sample: ["Postgres is ready! ✨ 💅", "{\"level\": \"INFO\", \"message\": \"Dequeue QFieldCloud Jobs from the DB\"}"]
+                log_excerpt:
+                  description: The log lines that carry a sign, each with C(line) and the C(signs) it shows.
+                  type: list
+                  elements: dict
+                  sample: [{"line": "psycopg2.errors.UndefinedTable: relation \"core_job\" does not exist",
+                            "signs": ["relation_missing"]}]
+            hand_started:
+              description:
+                - Workers started by hand (C(docker run), no compose labels) on this project's network. Each holds the
+                  fields of a replica (RV(ansible_facts.qfc_sync.worker.replicas)) plus the two below.
+              type: list
+              elements: dict
+              contains:
+                gaps:
+                  description: >-
+                    What it lacks of what compose gives the service, as C(bind:<target>), C(volume:<target>) and
+                    C(env:<NAME>) (names only).
+                  type: list
+                  elements: str
+                  sample: ["bind:/tmp", "volume:/transformation_grids", "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL"]
+                breaks_jobs:
+                  description: True when a gap makes the jobs it claims fail (for example no C(/tmp) bind).
+                  type: bool
+                  sample: true
+        images:
+          description: The images the stack needs.
+          type: dict
+          contains:
+            worker:
+              description: >-
+                The worker image, with C(name), C(present), C(id) and C(source) (V(container) when read from the
+                running worker, V(compose) when from the compose files).
+              type: dict
+              sample: {"name": "dret-worker_wrapper", "present": true, "source": "container",
+                       "id": "sha256:d3e2ddd54eeef93c67d9a2a87636c634b3d17b025ccfcabd4d52c82536d820da"}
+            app:
+              description: The app image, with C(name), C(present) and C(id).
+              type: dict
+              sample: {"name": "dret-app", "present": true,
+                       "id": "sha256:259ed251c23cf1885c7208dde6cd5a949cb55d9411d187a9d0c52b4d5e6cbbaa"}
+            qgis:
+              description: The QGIS job images, one per C(QFIELDCLOUD_QGIS*_IMAGE_NAME) variable.
+              type: list
+              elements: dict
+              contains:
+                variable:
+                  description: The C(.env) variable that names the image.
+                  type: str
+                  sample: QFIELDCLOUD_QGIS3_IMAGE_NAME
+                name:
+                  description: Image name.
+                  type: str
+                  sample: dret-qgis3
+                present:
+                  description: Whether the image exists on the engine.
+                  type: bool
+                  sample: true
+                id:
+                  description: Image ID when present.
+                  type: str
+                  sample: sha256:37ec9703f095e9e0de0e8e0cf686dfc5c221961ce3c3ace57ca4c8e4287abcba
+        job_network:
+          description: The QGIS job network, with C(name) and whether it C(exists).
+          type: dict
+          sample: {"name": "dret_default", "exists": true}
+        shared_environment:
+          description: >-
+            Running workers of other compose projects with the same C(ENVIRONMENT) (they remove this stack's job
+            containers), each with C(name), C(project) and C(environment).
+          type: list
+          elements: dict
+          sample: [{"name": "dret-twin-worker_wrapper-1", "project": "dret-twin", "environment": "production-dret"}]
+        worker_timeout:
+          description: C(empty_in) lists where C(QFIELDCLOUD_WORKER_TIMEOUT_S) is set but empty (V(.env), V(worker_wrapper), V(app)).
+          type: dict
+          sample: {"empty_in": []}
+        database:
+          description: The PostgreSQL database, reached as the worker reaches it.
+          type: dict
+          contains:
+            checked:
+              description: Whether the database was checked (false with O(skip=db) or when no address is known).
+              type: bool
+              sample: true
+            reachable:
+              description: Whether a connection succeeded.
+              type: bool
+              sample: true
+            error_kind:
+              description: V(unreachable), V(auth), V(query) or V(other) when something failed, else null.
+              type: str
+              sample: null
+            error:
+              description: The error, secrets masked, else null.
+              type: str
+              sample: null
+            configured_host:
+              description: The worker's C(POSTGRES_HOST) (or O(db_host)).
+              type: str
+              sample: db
+            address_from:
+              description: How the address was found.
+              type: str
+              sample: container of service 'db' on dret_default
+            host:
+              description: The address connected to.
+              type: str
+              sample: 192.168.80.6
+            port:
+              description: The port connected to.
+              type: int
+              sample: 5432
+            name:
+              description: The database name.
+              type: str
+              sample: qfieldcloud_db
+            user:
+              description: The database user (its password is never returned).
+              type: str
+              sample: qfieldcloud_db_admin
+            server_version:
+              description: PostgreSQL server version.
+              type: str
+              sample: 15.18 (Debian 15.18-0+deb12u1)
+            in_recovery:
+              description: True on a read-only replica (C(pg_is_in_recovery())), which the worker refuses.
+              type: bool
+              sample: false
+            generation:
+              description: The schema generation, named by its project table (V(project_project) or V(core_project)).
+              type: str
+              sample: project_project
+            lock_column:
+              description: The project lock column of that generation (V(locked_at) or V(is_locked)).
+              type: str
+              sample: locked_at
+            tables_present:
+              description: Whether the job tables exist (false before C(manage.py migrate)).
+              type: bool
+              sample: true
+            missing_tables:
+              description: The tables that should exist and do not.
+              type: list
+              elements: str
+              sample: []
+            migrations_applied:
+              description: Rows of C(django_migrations).
+              type: int
+              sample: 7
+            job_timeout_s:
+              description: The job timeout the stack configures, in seconds.
+              type: float
+              sample: 600.0
+            job_timeout_source:
+              description: Where it came from (V(option), V(environment), V(constance_constance) or V(default)).
+              type: str
+              sample: environment
+            round_trips:
+              description: Database round trips this run made.
+              type: int
+              sample: 2
+            duration_s:
+              description: Seconds spent on the database.
+              type: float
+              sample: 0.094
+        queue:
+          description: The job queue, read from the job tables.
+          type: dict
+          contains:
+            checked:
+              description: Whether the queue was read.
+              type: bool
+              sample: true
+            counts_by_status:
+              description: Number of jobs per status.
+              type: dict
+              sample: {"started": 1}
+            counts_by_type:
+              description: Number of jobs per type.
+              type: dict
+              sample: {"package": 1}
+            counts:
+              description: Number of jobs per status and type.
+              type: dict
+              sample: {"started": {"package": 1}}
+            claimable_pending:
+              description: Pending jobs a worker may claim now (their project has no queued or started job and is not locked).
+              type: int
+              sample: 0
+            oldest_claimable_pending_age_s:
+              description: Age in seconds of the oldest claimable pending job, or null.
+              type: float
+              sample: null
+            oldest_pending_age_s:
+              description: Age in seconds of the oldest pending job, or null.
+              type: float
+              sample: null
+            overdue_queued:
+              description: Jobs queued longer than the job timeout.
+              type: int
+              sample: 0
+            overdue_started:
+              description: Jobs started longer ago than the job timeout.
+              type: int
+              sample: 0
+            overdue_jobs:
+              description: The overdue jobs, each with C(id), C(status), C(type) and C(age_s).
+              type: list
+              elements: dict
+              sample: []
+            in_flight_jobs:
+              description: >-
+                The queued and started jobs, each with C(id), C(status), C(type), C(project_id), C(created_at),
+                C(started_at), C(since) (epoch seconds) and C(deltas).
+              type: list
+              elements: dict
+              sample: [{"id": "b133cc5d-d410-447c-90a1-5d0c36a15661", "status": "started", "type": "package",
+                        "project_id": "6652bf26-0900-4dd5-a55c-a4ed2dd08cb1", "created_at": 1796127967.717963,
+                        "started_at": 1796127969.783291, "since": 1796127969.783291, "deltas": 0}]
+            failed_last_hour:
+              description: Jobs that failed in the last hour.
+              type: int
+              sample: 0
+            finished_last_hour:
+              description: Jobs that finished in the last hour.
+              type: int
+              sample: 0
+            pending_deltas:
+              description: Deltas waiting to be applied.
+              type: int
+              sample: 0
+            locked_projects:
+              description: Projects locked now.
+              type: int
+              sample: 0
+            qgis4_projects:
+              description: Projects whose QGIS version is 4.
+              type: int
+              sample: 0
+            read_at:
+              description: When the queue was read (the database's clock, epoch seconds).
+              type: float
+              sample: 1796127688.409918
+        app:
+          description: The app's status endpoint (C(/api/v1/status/)).
+          type: dict
+          contains:
+            checked:
+              description: Whether the app was asked (false with O(skip=app)).
+              type: bool
+              sample: true
+            url:
+              description: The status URL asked.
+              type: str
+              sample: http://127.0.0.1:42401/api/v1/status/
+            host_header:
+              description: The C(Host) header sent.
+              type: str
+              sample: dret.standin.test
+            reachable:
+              description: Whether it answered.
+              type: bool
+              sample: true
+            http_status:
+              description: HTTP status of the answer.
+              type: int
+              sample: 200
+            status:
+              description: The status document the app returned.
+              type: dict
+              sample: {"database": "ok", "storage": "ok"}
+            ok:
+              description: Whether the answer says every part is ok.
+              type: bool
+              sample: true
+            error:
+              description: Why it could not be asked.
+              type: str
+              returned: when the request failed
+              sample: "[Errno 111] Connection refused"
+            duration_s:
+              description: Seconds the request took.
+              type: float
+              sample: 0.122
+        client:
+          description: How QField and QGIS devices reach the server, asked from the Docker host.
+          type: dict
+          contains:
+            checked:
+              description: Whether this was checked (false with O(skip=client)).
+              type: bool
+              sample: true
+            host:
+              description: The server's public host name.
+              type: str
+              sample: dret.standin.test
+            host_source:
+              description: Where C(QFIELDCLOUD_HOST) was found, V(.env), V(app container) or V(nginx container).
+              type: str
+              sample: .env
+            nginx_host:
+              description: The C(QFIELDCLOUD_HOST) of the nginx container (the name it serves).
+              type: str
+              sample: dret.standin.test
+            local_host:
+              description: True when the host is a loopback or local name that devices cannot reach.
+              type: bool
+              sample: false
+            url:
+              description: The server URL to enter in QField.
+              type: str
+              sample: http://dret.standin.test:42401
+            via:
+              description: What serves that URL, V(nginx) or V(app) (the development port).
+              type: str
+              sample: nginx
+            scheme:
+              description: V(http) or V(https).
+              type: str
+              sample: http
+            public_port:
+              description: The published port.
+              type: int
+              sample: 42401
+            connect_host:
+              description: The address the check connected to.
+              type: str
+              sample: 127.0.0.1
+            connect_port:
+              description: The port the check connected to.
+              type: int
+              sample: 42401
+            host_header:
+              description: The C(Host) header sent.
+              type: str
+              sample: dret.standin.test:42401
+            alternatives:
+              description: Other URLs that also serve it.
+              type: list
+              elements: str
+              sample: []
+            reachable:
+              description: Whether it answered.
+              type: bool
+              sample: true
+            http_status:
+              description: HTTP status of the answer.
+              type: int
+              sample: 200
+            ok:
+              description: Whether the answer was the app's.
+              type: bool
+              sample: true
+            error:
+              description: Why it could not be reached, or why no URL is known.
+              type: str
+              returned: when the request failed or no host is known
+              sample: "[Errno 111] Connection refused"
+            duration_s:
+              description: Seconds the request took.
+              type: float
+              sample: 0.045
+        cron:
+          description: The cron jobs (ofelia running the app's crons) and their log in the database.
+          type: dict
+          contains:
+            checked:
+              description: Whether this was checked (false with O(skip=cron) or without the database).
+              type: bool
+              sample: true
+            ofelia_present:
+              description: Whether the ofelia service has a container.
+              type: bool
+              sample: true
+            ofelia_running:
+              description: Whether it runs.
+              type: bool
+              sample: true
+            ofelia_started_at:
+              description: When ofelia last started (UTC).
+              type: str
+              sample: "2026-12-01T12:20:52.732767905Z"
+            ofelia_up_s:
+              description: Seconds ofelia has been up, or null.
+              type: float
+              sample: 35.9
+            app_created_at:
+              description: When the app container was created (UTC).
+              type: str
+              sample: "2026-12-01T12:20:48.431094079Z"
+            ofelia_stale:
+              description: True when ofelia started before the running app container was created (it may have lost its crons).
+              type: bool
+              sample: false
+            log_readable:
+              description: Whether the crons' log (C(django_cron_cronjoblog)) could be read.
+              type: bool
+              sample: true
+            last_run:
+              description: When the freshest cron run ended (or started), or null when none ran yet.
+              type: str
+              sample: null
+            last_run_age_s:
+              description: Its age in seconds, or null.
+              type: float
+              sample: null
+            last_run_code:
+              description: The cron code of that run, or null.
+              type: str
+              sample: null
+            last_run_success:
+              description: Whether that run succeeded, or null.
+              type: bool
+              sample: null
+        job_containers:
+          description: The QGIS job containers of this stack.
+          type: list
+          elements: dict
+          contains:
+            name:
+              description: Container name.
+              type: str
+              sample: epic_jang
+            id:
+              description: Short container ID.
+              type: str
+              sample: 270fb1422723
+            job_id:
+              description: The job it runs (its C(job_id) label).
+              type: str
+              sample: b133cc5d-d410-447c-90a1-5d0c36a15661
+            project_id:
+              description: The job's project.
+              type: str
+              sample: 6652bf26-0900-4dd5-a55c-a4ed2dd08cb1
+            type:
+              description: The job type.
+              type: str
+              sample: package
+            image:
+              description: Image name.
+              type: str
+              sample: dret-qgis3
+            state:
+              description: Docker state.
+              type: str
+              sample: running
+            running:
+              description: Whether it runs.
+              type: bool
+              sample: true
+            status:
+              description: Docker's status line.
+              type: str
+              sample: Up 3 seconds
+            created:
+              description: Creation time (epoch seconds).
+              type: int
+              sample: 1796127969
+        orphan_job_containers:
+          description: >-
+            The job containers left over (exited, their job no longer queued or started, or no worker running). Each
+            holds the fields of RV(ansible_facts.qfc_sync.job_containers) plus the two below.
+          type: list
+          elements: dict
+          contains:
+            job_status:
+              description: The job's status in the database, or null when unknown.
+              type: str
+              sample: started
+            reason:
+              description: Why it is an orphan (V(container exited), V(job is failed), V(no worker is running), ...).
+              type: str
+              sample: no worker is running
+        checks_skipped:
+          description: The checks skipped (O(skip)).
+          type: list
+          elements: str
+          sample: []
+        api_calls:
+          description: Docker API calls this run made, per kind.
+          type: dict
+          sample: {"container_lists": 1, "event_reads": 1, "image_lists": 1, "inspects": 11, "network_lists": 1}
+        duration_s:
+          description: Seconds the gathering took.
+          type: float
+          sample: 1.432
 """
 
 import os

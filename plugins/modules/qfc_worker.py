@@ -244,72 +244,150 @@ drift:
       catalogue shared with M(fibreflow.qfieldcloud.qfc_sync_facts) (for example C(worker_socket_denied),
       C(worker_port_published), C(worker_replicas_low)); C(worker_config_not_persistent) means the override file or
       C(COMPOSE_FILE) does not yet hold the configuration.
-    - C(replica) is the container name, or null for project-wide items (replica count, override file, image, the
-      QGIS job network).
     - Items of code C(qgis_network_missing) also carry C(remedy); items of code C(worker_hand_started) carry
       C(gaps) (see RV(hand_started_gaps)).
+    - The sample is a check-mode run on a stand-in stack whose worker lost its C(user) setting.
   returned: always
   type: list
   elements: dict
   sample:
-    - {replica: qfieldcloud-worker_wrapper-1, field: user, expected: root, actual: "10001", code: worker_socket_denied}
+    - {replica: null, field: compose_override, expected: "docker-compose.override.fibreflow-worker.yml current and last
+       in COMPOSE_FILE", actual: missing, code: worker_config_not_persistent}
+    - {replica: dret-worker_wrapper-1, field: user, expected: root, actual: "10001", code: worker_socket_denied}
+  contains:
+    replica:
+      description: The container name, or null for project-wide items (replica count, override file, image, the
+        QGIS job network, orphaned jobs).
+      type: str
+      sample: dret-worker_wrapper-1
+    field:
+      description: What differs (V(user), V(running), V(replicas), V(compose_override), V(image), V(qgis_network),
+        V(job), ...).
+      type: str
+      sample: user
+    expected:
+      description: The required value.
+      type: raw
+      sample: root
+    actual:
+      description: The value found (null when there is none).
+      type: raw
+      sample: "10001"
+    code:
+      description: The problem code.
+      type: str
+      sample: worker_socket_denied
+    remedy:
+      description: What a person does (only on items the module does not fix itself, such as C(qgis_network_missing)).
+      type: str
+      returned: on items of code C(qgis_network_missing)
+      sample: docker network create dret_jobs, or set QFIELDCLOUD_DEFAULT_NETWORK in /opt/qfieldcloud/.env to an
+        existing network
+    gaps:
+      description: See RV(hand_started_gaps).
+      type: list
+      elements: str
+      returned: on items of code C(worker_hand_started)
+      sample: ["bind:/tmp", "volume:/transformation_grids"]
 actions:
   description: The actions taken, or in check mode the actions a real run would take.
   returned: always
   type: list
   elements: str
   sample: ["write /opt/qfieldcloud/docker-compose.override.fibreflow-worker.yml",
-           "recreate qfieldcloud-worker_wrapper-1 (after drain)"]
+           "set COMPOSE_FILE in /opt/qfieldcloud/.env (backup kept)",
+           "recreate dret-worker_wrapper-1 (after drain)",
+           "run: cd /opt/qfieldcloud && docker compose up -d --no-deps --scale worker_wrapper=1 worker_wrapper"]
 diff:
-  description: Before and after of the override file, the C(COMPOSE_FILE) line and the worker containers' fields.
+  description:
+    - Before and after of the override file, the C(COMPOSE_FILE) line and the worker containers' fields, one item per
+      file or set (shown by C(--diff)).
   returned: always
   type: list
   elements: dict
+  sample:
+    - before: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml\n"
+      after: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml:docker-compose.override.fibreflow-worker.yml\n"
+      before_header: /opt/qfieldcloud/.env (COMPOSE_FILE)
+      after_header: /opt/qfieldcloud/.env (COMPOSE_FILE)
+  contains:
+    before:
+      description: The text before (empty for a file that does not exist yet).
+      type: str
+      sample: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml\n"
+    after:
+      description: The text after.
+      type: str
+      sample: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml:docker-compose.override.fibreflow-worker.yml\n"
+    before_header:
+      description: What the text is (a path, or V(worker containers (before))).
+      type: str
+      sample: /opt/qfieldcloud/.env (COMPOSE_FILE)
+    after_header:
+      description: What the text is after.
+      type: str
+      sample: /opt/qfieldcloud/.env (COMPOSE_FILE)
 mode:
   description: The mode used (V(compose) or V(standalone)).
   returned: success
   type: str
+  sample: compose
 project_name:
   description: The compose project name.
   returned: success
   type: str
+  sample: dret
+service:
+  description: The worker's compose service (O(service)).
+  returned: success
+  type: str
+  sample: worker_wrapper
 replicas:
   description: The wanted number of replicas.
   returned: success
   type: int
+  sample: 1
 db_host:
   description: The C(POSTGRES_HOST) enforced.
   returned: success
   type: str
+  sample: db
 network:
   description: The network enforced.
   returned: success
   type: str
+  sample: dret_default
 image:
   description: The worker image.
   returned: success
   type: str
+  sample: dret-worker_wrapper
 override_file:
   description: Path of the owned override file.
   returned: compose mode
   type: str
+  sample: /opt/qfieldcloud/docker-compose.override.fibreflow-worker.yml
 compose_file:
   description: The C(COMPOSE_FILE) value enforced.
   returned: compose mode
   type: str
+  sample: docker-compose.yml:docker-compose.override.standalone.yml:docker-compose.override.fibreflow-worker.yml
 backup_file:
   description: Path of the copy of C(.env) made before changing it.
   returned: when .env changed and O(backup=true)
   type: str
+  sample: /opt/qfieldcloud/.env.20261201T122307.bak
 hand_started:
   description: Names of workers started by hand beside the compose service.
   returned: compose mode
   type: list
   elements: str
+  sample: ["qfieldcloud-worker-dret"]
 image_missing:
   description: True when the worker image does not exist.
   returned: when the image is missing
   type: bool
+  sample: true
 build_command:
   description: The command that builds the missing worker image (a locally built image).
   returned: when a locally built image is missing
@@ -324,44 +402,98 @@ image_command:
   description: The command that provides the missing worker image (the pull or build command above).
   returned: when the image is missing
   type: str
+  sample: cd /opt/qfieldcloud && docker compose build worker_wrapper
 hand_started_gaps:
   description: Per hand-started worker, what it lacks of what compose gives the worker service, as
     C(bind:<target>), C(volume:<target>) and C(env:<NAME>) (names only, never values). A missing C(bind:/tmp)
     makes every job it claims fail.
   returned: when hand-started workers were found (compose mode)
   type: dict
-  sample: {qfieldcloud-worker: ["bind:/tmp", "volume:/transformation_grids", "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL"]}
+  sample: {qfieldcloud-worker-dret: ["bind:/tmp", "volume:/transformation_grids", "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL"]}
 qgis_network_missing:
   description: The QGIS job network (C(QFIELDCLOUD_DEFAULT_NETWORK)) that does not exist, and the remedy.
   returned: when that network is missing
   type: dict
+  sample:
+    network: dret_jobs
+    remedy: docker network create dret_jobs, or set QFIELDCLOUD_DEFAULT_NETWORK in /opt/qfieldcloud/.env to an
+      existing network
+  contains:
+    network:
+      description: The missing network.
+      type: str
+      sample: dret_jobs
+    remedy:
+      description: What to do.
+      type: str
+      sample: docker network create dret_jobs, or set QFIELDCLOUD_DEFAULT_NETWORK in /opt/qfieldcloud/.env to an
+        existing network
 code:
   description: The problem code of a failure (C(worker_image_missing), C(drain_timeout)).
   returned: on some failures
   type: str
+  sample: worker_image_missing
 option:
   description: The option a failure concerns.
   returned: on failure caused by an option's value
   type: str
+  sample: image
 orphaned_jobs:
-  description: The jobs recovered (or, in check mode, that would be), with C(id), C(status), C(type) and
-    C(recovery) (V(requeue) or V(fail)). See O(orphaned_jobs).
+  description: The jobs recovered (or, in check mode, that would be). See O(orphaned_jobs).
   returned: when orphaned jobs were found
   type: list
   elements: dict
+  contains:
+    id:
+      description: The job ID.
+      type: str
+      sample: 1b861393-bebb-4bbb-839a-df3364941daa
+    status:
+      description: Its status before the recovery.
+      type: str
+      sample: started
+    type:
+      description: The job type.
+      type: str
+      sample: delta_apply
+    project_id:
+      description: The job's project.
+      type: str
+      sample: 6652bf26-0900-4dd5-a55c-a4ed2dd08cb1
+    recovery:
+      description: V(requeue) (set back to pending) or V(fail) (set failed; it may have run in part).
+      type: str
+      sample: fail
+    evidence:
+      description: Why it counts as orphaned.
+      type: list
+      elements: str
+      sample: ["claimant_gone", "job_container_ended", "before_current_processes"]
+    deltas:
+      description: The deltas of a C(delta_apply) job, set to error so they can be applied again.
+      type: int
+      sample: 2
+    user_action:
+      description: What a person does next, or null when the queue does it by itself.
+      type: str
+      sample: "2 change(s) uploaded from QField to project 6652bf26-0900-4dd5-a55c-a4ed2dd08cb1 were not applied; they
+        are now 'error'. An administrator applies them again in the web admin ..."
 stopped:
   description: How each drained replica stopped before compose replaced it, V(exited) on SIGTERM, V(killed) (it
     ignored SIGTERM and held no job) or V(left) (stopped by compose with the grace period).
   returned: when replicas were stopped
   type: dict
+  sample: {dret-worker_wrapper-1: exited}
 drain_waited_s:
   description: Seconds spent waiting for jobs in flight.
   returned: when replicas were drained
   type: float
+  sample: 0.0
 lock_waited_s:
   description: Seconds spent waiting for another run's lock.
   returned: success
   type: float
+  sample: 0.0
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
