@@ -958,34 +958,25 @@ def _detect_replica_drift(rep: dict[str, Any], out: _Collector) -> None:
 
 def _detect_log_signs(facts: dict[str, Any], rep: dict[str, Any], out: _Collector) -> None:
     """Raise the problems the fault signs of one replica's log name (``stack.LOG_PATTERNS``)."""
-    name = rep.get("name")
     log = rep.get("log") or {}
+
+    def evidence(key: str, code: str, sign: str) -> dict[str, Any]:
+        return _with_log({"container": rep.get("name"), "log_lines_matching": log[key], "sign": sign}, rep, code)
+
     if log.get("socket_denied"):
-        evidence = {
-            "container": name,
-            "log_lines_matching": log["socket_denied"],
-            "sign": "Permission denied on docker.sock",
-        }
-        out.add(codes.CODE_WORKER_SOCKET_DENIED, _with_log(evidence, rep, codes.CODE_WORKER_SOCKET_DENIED))
+        code = codes.CODE_WORKER_SOCKET_DENIED
+        out.add(code, evidence("socket_denied", code, "Permission denied on docker.sock"))
     # A stopped database container leaves Docker's DNS: the worker's "could not translate host name" then says the
     # database is down (service_not_running), not that POSTGRES_HOST is wrong.
     db_service = (facts.get("services") or {}).get(database_service(facts)) or {}
     database_down = bool(db_service.get("present") and not db_service.get("running"))
     wrong_network = any(i.get("code") == codes.CODE_WORKER_WRONG_NETWORK for i in rep.get("drift") or [])
     if log.get("host_unresolved") and not wrong_network and not database_down:
-        evidence = {
-            "container": name,
-            "log_lines_matching": log["host_unresolved"],
-            "sign": "could not translate host name",
-        }
-        out.add(codes.CODE_WORKER_DB_HOST_WRONG, _with_log(evidence, rep, codes.CODE_WORKER_DB_HOST_WRONG))
+        code = codes.CODE_WORKER_DB_HOST_WRONG
+        out.add(code, evidence("host_unresolved", code, "could not translate host name"))
     if log.get("relation_missing"):
-        evidence = {
-            "container": name,
-            "log_lines_matching": log["relation_missing"],
-            "sign": "relation does not exist",
-        }
-        out.add(codes.CODE_MIGRATIONS_MISSING, _with_log(evidence, rep, codes.CODE_MIGRATIONS_MISSING))
+        code = codes.CODE_MIGRATIONS_MISSING
+        out.add(code, evidence("relation_missing", code, "relation does not exist"))
 
 
 def _detect_qgis_images(facts: dict[str, Any], out: _Collector) -> None:
@@ -997,16 +988,10 @@ def _detect_qgis_images(facts: dict[str, Any], out: _Collector) -> None:
         "images": [{"variable": i.get("variable"), "name": i.get("name")} for i in missing],
         "qgis4_projects": (facts.get("queue") or {}).get("qgis4_projects"),
     }
-    if any(not is_qgis4_image(i) or needs_qgis4 for i in missing):
-        out.add(codes.CODE_QGIS_IMAGE_MISSING, evidence)
-    else:
-        out.add(
-            codes.CODE_QGIS_IMAGE_MISSING,
-            evidence,
-            summary="The QGIS 4 image is missing; no project is known to use QGIS 4",
-            severity="warning",
-            blocks="none",
-        )
+    # only the QGIS 4 image, and no project known to need it: a warning
+    unused = {"summary": "The QGIS 4 image is missing; no project is known to use QGIS 4", "severity": "warning"}
+    needed = any(not is_qgis4_image(i) or needs_qgis4 for i in missing)
+    out.add(codes.CODE_QGIS_IMAGE_MISSING, evidence, **({} if needed else dict(unused, blocks="none")))
 
 
 def _detect_worker_timeout(facts: dict[str, Any], out: _Collector) -> None:
