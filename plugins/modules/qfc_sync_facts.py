@@ -899,11 +899,11 @@ ansible_facts:
               type: str
               sample: dret.standin.test
             reachable:
-              description: Whether it answered.
+              description: Whether the status endpoint answered.
               type: bool
               sample: true
             http_status:
-              description: HTTP status of the answer.
+              description: HTTP status of the status endpoint's answer.
               type: int
               sample: 200
             status:
@@ -920,7 +920,7 @@ ansible_facts:
               returned: when the request failed
               sample: "[Errno 111] Connection refused"
             duration_s:
-              description: Seconds the request took.
+              description: Seconds the status request took.
               type: float
               sample: 0.122
         client:
@@ -972,7 +972,7 @@ ansible_facts:
               type: int
               sample: 42401
             host_header:
-              description: The C(Host) header sent.
+              description: The C(Host) header a device sends to that URL.
               type: str
               sample: dret.standin.test:42401
             alternatives:
@@ -981,11 +981,11 @@ ansible_facts:
               elements: str
               sample: []
             reachable:
-              description: Whether it answered.
+              description: Whether the server URL answered from the Docker host.
               type: bool
               sample: true
             http_status:
-              description: HTTP status of the answer.
+              description: HTTP status of the server URL's answer.
               type: int
               sample: 200
             ok:
