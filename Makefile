@@ -338,9 +338,20 @@ build:
 	$(BIN)/ansible-galaxy collection list fibreflow.qfieldcloud | grep -q "$$version"
 	echo "build: $$tarball ($$(du -h "$$tarball" | cut -f1)) installs as fibreflow.qfieldcloud $$version"
 
+# CHANGELOG.md must be what changelogs/changelog.yaml generates (antsibull-changelog release wrote both).
 changelog-lint:
-	$(BIN)/antsibull-changelog lint
+	@$(BIN)/antsibull-changelog lint
 	$(BIN)/antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	kept=$$(mktemp)
+	trap 'rm -f "$$kept"' EXIT
+	cp CHANGELOG.md "$$kept"
+	$(BIN)/antsibull-changelog generate
+	if ! cmp -s CHANGELOG.md "$$kept"; then
+	  cp "$$kept" CHANGELOG.md
+	  echo "changelog-lint: CHANGELOG.md is not what changelogs/changelog.yaml generates: run antsibull-changelog generate" >&2
+	  exit 1
+	fi
+	echo "changelog-lint: CHANGELOG.md matches changelogs/changelog.yaml"
 
 # The README's first command: a stand-in broken like the field guide, then diagnose, --check, repair, verify.
 # DEMO_KEEP=1 keeps the stand-in (named DEMO_NAME, default demo).
