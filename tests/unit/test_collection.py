@@ -83,6 +83,8 @@ def test_galaxy_urls_have_no_placeholders(galaxy):
         url = galaxy.get(key)
         assert url, f"galaxy.yml: {key} is empty"
         assert url.startswith("https://github.com/fibreflow/qfieldcloud"), f"{key}: {url}"
+    for author in galaxy["authors"]:
+        assert ".example" not in author and "@example" not in author, f"authors: {author} is a placeholder"
 
 
 def test_galaxy_depends_on_community_docker_4(galaxy):
