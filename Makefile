@@ -198,6 +198,7 @@ test-importer: release-venv build
 	out=$$(GALAXY_IMPORTER_CONFIG=$$cfg PATH=$(CURDIR)/$(RELEASE_VENV)/bin:$$PATH \
 	  $(RELEASE_VENV)/bin/python -m galaxy_importer.main $(OUTPUT)/build/fibreflow-qfieldcloud-$$version.tar.gz \
 	  2>&1) || status=$$?
+	rm -f importer_result.json  # galaxy-importer leaves its result in the working directory
 	grep -v '^Loading ' <<< "$$out" || true
 	if [ "$$status" -ne 0 ] || grep -qE '^(WARNING|ERROR)' <<< "$$out"; then
 	  echo "test-importer: galaxy-importer failed (exit $$status) or warned" >&2; exit 1
