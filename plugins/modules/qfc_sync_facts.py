@@ -310,7 +310,8 @@ ansible_facts:
               type: str
               sample: dret_default
             job_network:
-              description: The network the QGIS job containers join (C(QFIELDCLOUD_DEFAULT_NETWORK) or RV(ansible_facts.qfc_sync.project.network)).
+              description: The network the QGIS job containers join (C(QFIELDCLOUD_DEFAULT_NETWORK) or
+                RV(ansible_facts.qfc_sync.project.network)).
               type: str
               sample: dret_default
             job_network_source:
@@ -322,7 +323,8 @@ ansible_facts:
               type: str
               sample: production-dret
             database_service:
-              description: The compose service the worker's C(POSTGRES_HOST) resolves to, or null when it is outside the project.
+              description: The compose service the worker's C(POSTGRES_HOST) resolves to, or null when it is outside
+                the project.
               type: str
               sample: db
         thresholds:
@@ -383,7 +385,8 @@ ansible_facts:
               description: Why the daemon could not be reached.
               type: str
               returned: when the daemon is unreachable
-              sample: "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No such file or directory'))"
+              sample: "Error while fetching server API version: ('Connection aborted.', FileNotFoundError(2, 'No \
+                such file or directory'))"
         services:
           description:
             - One entry per compose service of the project (from the containers' labels), keyed by the service name
@@ -450,7 +453,8 @@ ansible_facts:
                 C(image), C(restart_policy), C(published_ports), C(socket), C(running)); C(db_names) lists the names
                 the database answers to on each network.
               type: dict
-              sample: {"user": "root", "command": "python manage.py dequeue", "db_host": "db", "network": "dret_default",
+              sample: {"user": "root", "command": "python manage.py dequeue", "db_host": "db",
+                "network": "dret_default",
                        "image": "dret-worker_wrapper", "restart_policy": "unless-stopped", "published_ports": [],
                        "socket": "/var/run/docker.sock", "running": true,
                        "db_names": {"dret_default": ["db", "dret-db-1"]}}
@@ -638,7 +642,8 @@ ansible_facts:
                   description: The last O(log_tail_lines) lines of its log, secrets masked.
                   type: list
                   elements: str
-                  sample: ["Postgres is ready! ✨ 💅", "{\"level\": \"INFO\", \"message\": \"Dequeue QFieldCloud Jobs from the DB\"}"]
+                  sample: ["Postgres is ready! ✨ 💅", "{\"level\": \"INFO\",
+                    \"message\": \"Dequeue QFieldCloud Jobs from the DB\"}"]
                 log_excerpt:
                   description: The log lines that carry a sign, each with C(line) and the C(signs) it shows.
                   type: list
@@ -712,7 +717,8 @@ ansible_facts:
           elements: dict
           sample: [{"name": "dret-twin-worker_wrapper-1", "project": "dret-twin", "environment": "production-dret"}]
         worker_timeout:
-          description: C(empty_in) lists where C(QFIELDCLOUD_WORKER_TIMEOUT_S) is set but empty (V(.env), V(worker_wrapper), V(app)).
+          description: C(empty_in) lists where C(QFIELDCLOUD_WORKER_TIMEOUT_S) is set but empty (V(.env),
+            V(worker_wrapper), V(app)).
           type: dict
           sample: {"empty_in": []}
         database:
@@ -825,7 +831,8 @@ ansible_facts:
               type: dict
               sample: {"started": {"package": 1}}
             claimable_pending:
-              description: Pending jobs a worker may claim now (their project has no queued or started job and is not locked).
+              description: Pending jobs a worker may claim now (their project has no queued or started job and is not
+                locked).
               type: int
               sample: 0
             oldest_claimable_pending_age_s:
@@ -1030,7 +1037,8 @@ ansible_facts:
               type: str
               sample: "2026-12-01T12:20:48.431094079Z"
             ofelia_stale:
-              description: True when ofelia started before the running app container was created (it may have lost its crons).
+              description: True when ofelia started before the running app container was created (it may have lost its
+                crons).
               type: bool
               sample: false
             log_readable:

@@ -307,7 +307,8 @@ diff:
   elements: dict
   sample:
     - before: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml\n"
-      after: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml:docker-compose.override.fibreflow-worker.yml\n"
+      after: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml:\
+        docker-compose.override.fibreflow-worker.yml\n"
       before_header: /opt/qfieldcloud/.env (COMPOSE_FILE)
       after_header: /opt/qfieldcloud/.env (COMPOSE_FILE)
   contains:
@@ -318,7 +319,8 @@ diff:
     after:
       description: The text after.
       type: str
-      sample: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml:docker-compose.override.fibreflow-worker.yml\n"
+      sample: "COMPOSE_FILE=docker-compose.yml:docker-compose.override.standalone.yml:\
+        docker-compose.override.fibreflow-worker.yml\n"
     before_header:
       description: What the text is (a path, or V(worker containers (before))).
       type: str
@@ -409,7 +411,8 @@ hand_started_gaps:
     makes every job it claims fail.
   returned: when hand-started workers were found (compose mode)
   type: dict
-  sample: {qfieldcloud-worker-dret: ["bind:/tmp", "volume:/transformation_grids", "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL"]}
+  sample: {qfieldcloud-worker-dret: ["bind:/tmp", "volume:/transformation_grids",
+    "env:QFIELDCLOUD_WORKER_QFIELDCLOUD_URL"]}
 qgis_network_missing:
   description: The QGIS job network (C(QFIELDCLOUD_DEFAULT_NETWORK)) that does not exist, and the remedy.
   returned: when that network is missing
