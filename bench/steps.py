@@ -67,6 +67,8 @@ ansible_env = load_module("bench_ansible_run", REPO / "tests" / "integration" / 
 # The collection's module_utils import each other by their collection path (`make setup` links collections/).
 sys.path.insert(0, str(REPO / "collections"))
 queue_py = importlib.import_module("ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.queue")
+# every SQL statement lives in database.py; queue.py holds the decisions on what it returns
+database_py = importlib.import_module("ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.database")
 
 
 class Stacks:
@@ -406,11 +408,15 @@ class Bench:
         with contextlib.closing(psycopg2.connect(**params)) as conn:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(queue_py.CATALOG_SQL)
+                cur.execute(database_py.CATALOG_SQL)
                 catalog = queue_py.parse_catalog(cur.fetchone())
                 for label, sql, args in (
-                    ("catalog (round trip 1)", queue_py.CATALOG_SQL, None),
-                    ("queue (round trip 2)", queue_py.queue_sql(catalog), {"timeout": 600.0, "job_ids": []}),
+                    ("catalog (round trip 1)", database_py.CATALOG_SQL, None),
+                    (
+                        "queue (round trip 2)",
+                        database_py.queue_sql(catalog),
+                        {"timeout": 600.0, "use_constance": True, "job_ids": [], "claims": "{}"},
+                    ),
                 ):
                     cur.execute("EXPLAIN (ANALYZE, BUFFERS) " + sql, args)
                     plans[label] = "\n".join(row[0] for row in cur.fetchall())
