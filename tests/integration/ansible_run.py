@@ -40,6 +40,21 @@ def ansible_env(extra: dict | None = None) -> dict:
     return env
 
 
+# The JSON stdout callback: a run's task results as data (see task_results).
+JSON_CALLBACK = {"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}
+
+
+def task_results(stdout: str) -> list[tuple[str, dict]]:
+    """``(task name, result)`` of every host of every task, in order, from a run with :data:`JSON_CALLBACK`."""
+    doc = json.loads(stdout)
+    return [(t["task"]["name"], r) for p in doc["plays"] for t in p["tasks"] for r in t["hosts"].values()]
+
+
+def ran(results: list[tuple[str, dict]], action: str) -> list[dict]:
+    """The results of ``action`` that ran (were not skipped)."""
+    return [r for _name, r in results if r.get("action") == action and not r.get("skipped")]
+
+
 def run_module(module: str, args: dict, check: bool = False, diff: bool = False, timeout: float = 600) -> dict:
     """Run one module on localhost through `ansible` and return its result dict.
 
@@ -62,7 +77,7 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
         cmd.append("--check")
     if diff:
         cmd.append("--diff")
-    env = ansible_env({"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"})
+    env = ansible_env(JSON_CALLBACK)
     res = subprocess.run(cmd, cwd=REPO, env=env, text=True, check=False, capture_output=True, timeout=timeout)
     try:
         doc = json.loads(res.stdout)

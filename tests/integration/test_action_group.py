@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import textwrap
 
 import pytest
-from ansible_run import LOCAL_ARGS, ansible_env, playbook_command
+from ansible_run import JSON_CALLBACK, LOCAL_ARGS, ansible_env, playbook_command, task_results
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +32,6 @@ PLAYBOOK = textwrap.dedent(
 )
 
 
-def results(stdout: str) -> dict[str, dict]:
-    doc = json.loads(stdout)
-    return {task["task"]["name"]: task["hosts"]["localhost"] for task in doc["plays"][0]["tasks"]}
-
-
 def override_state(stack) -> str | None:
     path = stack.dir / "docker-compose.override.fibreflow-worker.yml"
     return path.read_text() if path.exists() else None
@@ -48,10 +42,10 @@ def test_module_defaults_of_the_group_reach_both_modules(standin, tmp_path):
     playbook = tmp_path / "group.yml"
     playbook.write_text(PLAYBOOK)
     cmd = playbook_command(str(playbook), *LOCAL_ARGS, "-e", f"qfieldcloud_project_dir={standin.dir}")
-    env = ansible_env({"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"})
+    env = ansible_env(JSON_CALLBACK)
     res = subprocess.run(cmd, env=env, text=True, capture_output=True, check=False, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    found = results(res.stdout)
+    found = dict(task_results(res.stdout))
     facts = found["Read the stack"]
     assert facts["invocation"]["module_args"]["project_dir"] == str(standin.dir)
     assert facts["ansible_facts"]["qfc_sync"]["project"]["name"] == standin.name

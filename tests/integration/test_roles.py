@@ -9,10 +9,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import REPO, play, recap
+from ansible_run import JSON_CALLBACK, REPO, play, ran, recap, task_results
 from standin import Stack
-
-JSON_CALLBACK = {"ANSIBLE_LOAD_CALLBACK_PLUGINS": "1", "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"}
 
 
 def snapshot(stack: Stack) -> dict:
@@ -110,14 +108,8 @@ def test_site_check_changes_nothing_then_repairs_then_converged(stack):
     assert again.returncode == 0, again.output[-3000:]
     doc = json.loads(again.stdout)
     assert sum(host["changed"] for host in doc["stats"].values()) == 0, doc["stats"]
-    reads = [
-        task["task"]["name"]
-        for each in doc["plays"]
-        for task in each["tasks"]
-        for result in task["hosts"].values()
-        if result.get("action") == "fibreflow.qfieldcloud.qfc_sync_facts" and not result.get("skipped")
-    ]
-    assert len(reads) == 1, reads
+    reads = ran(task_results(again.stdout), "fibreflow.qfieldcloud.qfc_sync_facts")
+    assert len(reads) == 1, [r.get("invocation") for r in reads]
     result = json.loads((Path("/var/lib/fibreflow-qfieldcloud") / stack.name / "verify.json").read_text())
     assert result["outcome"] == "ok" and result["latency_s"] > 0
     assert stack.wait_job(stack.create_job(), timeout=60) == "finished"

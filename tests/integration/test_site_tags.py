@@ -3,23 +3,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from ansible_run import play
+from ansible_run import JSON_CALLBACK, play, ran, task_results
 
 pytestmark = pytest.mark.integration
-
-
-def task_results(res) -> list[tuple[str, dict]]:
-    doc = json.loads(res.stdout)
-    return [
-        (task["task"]["name"], host) for p in doc["plays"] for task in p["tasks"] for host in task["hosts"].values()
-    ]
-
-
-def ran(results, action: str) -> list[dict]:
-    return [r for _name, r in results if r.get("action") == action and not r.get("skipped")]
 
 
 @pytest.mark.parametrize("tag", ["qfieldcloud_worker_enforce", "qfieldcloud_worker"])
@@ -30,10 +17,10 @@ def test_the_worker_roles_tags_reach_its_tasks_through_site(standin, tag):
         "--tags",
         tag,
         check=True,
-        env={"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"},
+        env=JSON_CALLBACK,
     )
     assert res.returncode == 0, res.output[-3000:]
-    results = task_results(res)
+    results = task_results(res.stdout)
     assert ran(results, "fibreflow.qfieldcloud.qfc_worker"), [name for name, _r in results]
     # nothing of the startup role's own steps or of verify ran: only the worker's
     assert not ran(results, "ansible.builtin.uri")
@@ -46,11 +33,11 @@ def test_prerequisites_in_site_skip_their_checks_when_the_first_read_worked(stan
         standin,
         "--skip-tags",
         "verify",
-        env={"ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json"},
+        env=JSON_CALLBACK,
         check=True,
     )
     assert res.returncode == 0, res.output[-3000:]
-    results = task_results(res)
+    results = task_results(res.stdout)
     names = [name for name, r in results if not r.get("skipped")]
     assert any(name.endswith("Tell whether this play's read proves the host ready") for name in names), names
     assert not ran(results, "ansible.builtin.setup")
