@@ -188,7 +188,9 @@ test-docs: docs
 # galaxy-importer, Galaxy's own checks, on the tarball `make build` made (ansible-test off: it wants a
 # container). Its ansible-lint finds community.docker in the ansible package of .venv-release/, as on Galaxy
 # where the dependencies are installed. Any WARNING or ERROR line fails. Then ansible-builder's introspection of
-# the installed tarball must find the collection's Python requirements (meta/execution-environment.yml).
+# the installed tarball must find the collection's Python requirements (meta/execution-environment.yml), and
+# `ansible-builder create` must turn ee/execution-environment.yml, beside the tarball, into a build context that
+# holds the tarball and installs it and community.docker (the image is not built: that needs a registry).
 test-importer: release-venv build
 	@version=$$($(BIN)/python -c 'import yaml; print(yaml.safe_load(open("galaxy.yml"))["version"])')
 	cfg=$$(mktemp)
@@ -212,6 +214,23 @@ test-importer: release-venv build
 	for requirement in $$(grep -v '^#' meta/ee-requirements.txt | cut -d'>' -f1 | cut -d'=' -f1); do
 	  grep -q "$$requirement" <<< "$$found" || { echo "test-importer: ansible-builder introspect misses $$requirement" >&2; exit 1; }
 	done
+	ee=$$(mktemp -d)
+	trap 'rm -rf "$$cfg" "$$dest" "$$ee"' EXIT
+	cp ee/execution-environment.yml $(OUTPUT)/build/fibreflow-qfieldcloud-$$version.tar.gz "$$ee/"
+	created=$$($(RELEASE_VENV)/bin/ansible-builder create -f "$$ee/execution-environment.yml" -c "$$ee/context" \
+	  --output-filename Containerfile 2>&1) || { echo "$$created" >&2; exit 1; }
+	echo "$$created"
+	ee_fail() { echo "test-importer: ansible-builder create: $$1" >&2; exit 1; }
+	if grep -q 'No matches' <<< "$$created"; then ee_fail "an additional build file is missing"; fi
+	test -f "$$ee/context/_build/collections/fibreflow-qfieldcloud-$$version.tar.gz" || ee_fail "no tarball in the context"
+	grep -qE '^RUN ansible-galaxy collection install .* collections/fibreflow-qfieldcloud-\*\.tar\.gz$$' \
+	  "$$ee/context/Containerfile" || ee_fail "the Containerfile does not install the tarball"
+	refs="$$(grep -x 'ansible-core==.*' requirements-controller.txt) $$(grep -x 'ansible-runner==.*' requirements-dev.txt)"
+	grep -qxF "ARG ANSIBLE_INSTALL_REFS=\"$$refs\"" "$$ee/context/Containerfile" \
+	  || ee_fail "the Containerfile does not install $$refs (the pins of requirements-controller.txt and -dev.txt)"
+	$(BIN)/python -c 'import sys, yaml; names = [c["name"] for c in yaml.safe_load(open(sys.argv[1]))["collections"]]; \
+	  sys.exit(names != ["community.docker"])' "$$ee/context/_build/requirements.yml" \
+	  || ee_fail "the context's requirements.yml does not name community.docker"
 
 # ---------------------------------------------------------------------------------------------------------
 # tests
