@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make this host able to run the collection's tests: a Docker engine, the compose v2
-# plugin, debootstrap, promtool and graphviz. Idempotent: every step checks first and does nothing when
-# the host already has what it needs.
+# plugin, debootstrap, promtool, graphviz, openssh-server and sudo. Idempotent: every step checks first and
+# does nothing when the host already has what it needs.
 set -euo pipefail
 
 log() { printf 'setup: %s\n' "$*"; }
@@ -104,9 +104,17 @@ ensure_graphviz() {
   apt_install graphviz
 }
 
+# The SSH layer (tests/integration/test_ssh_fleet.py) starts its own sshd and becomes root through sudo.
+ensure_sshd_sudo() {
+  command -v /usr/sbin/sshd >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && return
+  log "openssh-server, sudo: installing (for the SSH test layer, which starts an sshd of its own)"
+  apt_install openssh-server sudo
+}
+
 ensure_docker_engine
 ensure_compose_v2
 ensure_debootstrap
 ensure_shellcheck
 ensure_promtool
 ensure_graphviz
+ensure_sshd_sudo
