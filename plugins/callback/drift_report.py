@@ -495,7 +495,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(
                     f"| `{item['code']}` | {item['severity']} | {_cell(item.get('replica'))} "
                     f"| {_cell(item.get('field'))} "
-                    f"| {_cell(item.get('expected'))} | {_cell(item.get('actual'))} "
+                    f"| {_cell(item.get('expected'))} | {_cell(evidence_text(item.get('actual')), 240)} "
                     f"| {'yes' if item.get('corrected') else 'no'} | {_cell(item.get('remedy'), 240)} |"
                 )
         for item in host.get("items") or []:
@@ -521,6 +521,26 @@ def render_markdown(report: dict[str, Any]) -> str:
     if not any(h["outcome"] != "ok" for h in hosts.values()):
         lines += ["", "No drift: every host is as it should be."]
     return "\n".join(lines) + "\n"
+
+
+def evidence_text(value: Any) -> Any:
+    """A problem's evidence (a mapping) as ``key: value; key: value`` for a table cell, without its log lines
+    (they follow the table as lines of their own); any other value as it is."""
+    if not isinstance(value, dict):
+        return value
+
+    def plain(x: Any) -> str:
+        if isinstance(x, dict):
+            return "; ".join(f"{k}: {plain(v)}" for k, v in x.items() if k != "log")
+        if isinstance(x, list):
+            return ", ".join(f"({plain(v)})" if isinstance(v, dict) else plain(v) for v in x) or "none"
+        if x is None:
+            return "none"
+        if isinstance(x, bool):
+            return "true" if x else "false"
+        return str(x)
+
+    return plain(value)
 
 
 def item_log(item: dict[str, Any]) -> list[str]:

@@ -26,6 +26,12 @@ Apart from its severity, every problem says what it *blocks*:
 
 ``sync_ready`` is true only when no problem blocks ``sync``; ``client_ready`` only when none blocks ``client``.
 
+Every entry also says what repairs it (*repaired_by*): ``site.yml`` or ``maintenance.yml`` when that playbook of the
+collection, run with its defaults, repairs the problem, None when none does (Docker itself down, a setting only a
+person can choose: the remedy says what to do). diagnose.yml names site.yml only for the problems it repairs.
+Summaries and remedies are quoted with backticks, never with single quotes (a one-line YAML rendering would double
+them).
+
 :func:`detect_problems` reads the ``facts`` dict that ``qfc_sync_facts`` gathers (the same dict it returns
 as ``ansible_facts.qfc_sync``); every section is optional, a missing or skipped section yields no finding.
 The shape it reads::
@@ -64,6 +70,13 @@ BLOCKS = ("sync", "client", "none")
 PLAY_SITE = "ansible-playbook fibreflow.qfieldcloud.site"
 PLAY_DIAGNOSE = "ansible-playbook fibreflow.qfieldcloud.diagnose"
 PLAY_MAINT = "ansible-playbook fibreflow.qfieldcloud.maintenance"
+# What a catalogue entry's ``repaired_by`` names: the collection playbook that repairs the problem when run with its
+# defaults, or None when no playbook does (the remedy says what a person has to do).
+REPAIR_SITE = "site.yml"
+REPAIR_MAINT = "maintenance.yml"
+REPAIRED_BY = (REPAIR_SITE, REPAIR_MAINT, None)
+# The command that runs each playbook of REPAIRED_BY.
+REPAIR_COMMAND = {REPAIR_SITE: PLAY_SITE, REPAIR_MAINT: PLAY_MAINT}
 COMPOSE = "cd {project_dir} && docker compose"
 
 # code -> catalogue entry. Placeholders: {project}, {project_dir}, {network}, {environment}.
@@ -73,10 +86,12 @@ COMPOSE = "cd {project_dir} && docker compose"
 # ``<kind>/<file>.<function>`` elsewhere in plugins. ``hidden_by``: the ``skip`` options of qfc_sync_facts
 # (``sync_facts.CHECKS``) any one of which keeps a call from looking for the code, so that such a call cannot say
 # the problem is gone (empty: every call looks for it, or no call ever raises it).
+# ``repaired_by``: the playbook of :data:`REPAIRED_BY` that repairs the problem with its defaults, or None.
 CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_DOCKER_UNREACHABLE: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems.detect_problems",),
         "hidden_by": (),
         "summary": "The Docker daemon cannot be reached",
@@ -89,6 +104,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_STACK_NOT_FOUND: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems.detect_problems",),
         "hidden_by": (),
         "summary": "No container of the compose project was found",
@@ -101,6 +117,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_SERVICE_NOT_RUNNING: {
         "severity": "error",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_services",),
         "hidden_by": (),
         "summary": "A QFieldCloud service container is not running",
@@ -113,6 +130,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_NOT_RUNNING: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_count",),
         "hidden_by": (),
         "summary": "No worker_wrapper is running: jobs stay pending forever",
@@ -126,6 +144,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_IMAGE_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_worker_image",),
         "hidden_by": (),
         "summary": "The worker image is not on the host",
@@ -142,9 +161,10 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_IMAGE_WRONG: {
         "severity": "error",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
-        "summary": "A worker runs an image other than the project's worker image",
+        "summary": "A worker runs an image other than the worker image of the project",
         "meaning": "The worker was started from another image; job handling may not match the app's version.",
         "detection": "The container's image is neither the image its compose service resolves to (a prebuilt "
         "`image:` or the local build <project>-worker_wrapper) nor that image's id.",
@@ -154,6 +174,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_IMAGE_OUTDATED: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_MAINT,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "A worker runs an older build of the worker image",
@@ -167,6 +188,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_SOCKET_DENIED: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift", "problems._detect_log_signs"),
         "hidden_by": (),
         "summary": "The worker cannot use the Docker socket (not running as root)",
@@ -182,32 +204,35 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_SOCKET_NOT_MOUNTED: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "The Docker socket is not mounted read-write in the worker",
         "meaning": "The worker cannot start QGIS job containers.",
         "detection": "No read-write bind mount of /var/run/docker.sock in the worker container.",
         "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs).",
-        "remedy": f"`{PLAY_SITE}`, or add `/var/run/docker.sock:/var/run/docker.sock` to the worker's volumes and "
+        "remedy": f"`{PLAY_SITE}`, or add `/var/run/docker.sock:/var/run/docker.sock` to the volumes of the worker and "
         f"`{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     codes.CODE_WORKER_DB_HOST_WRONG: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift", "problems._detect_log_signs"),
         "hidden_by": (),
-        "summary": "The worker's POSTGRES_HOST does not reach the app's database",
+        "summary": "The POSTGRES_HOST of the worker does not reach the database of the app",
         "meaning": "The worker waits 'Postgres isn't ready' for 30 s, then crashes and restarts: no job runs.",
         "detection": "POSTGRES_HOST of the worker differs from the app's, or its log shows 'could not translate "
         "host name'.",
         "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); with "
         "a worker log, `sign` and `log_lines_matching` (the lines that show it, redacted).",
-        "remedy": f"`{PLAY_SITE}` (qfc_worker sets POSTGRES_HOST to the app's database host), or fix POSTGRES_HOST "
-        f"in .env and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+        "remedy": f"`{PLAY_SITE}` (qfc_worker sets POSTGRES_HOST to the database host of the app), or fix "
+        f"POSTGRES_HOST in .env and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     codes.CODE_WORKER_PORT_PUBLISHED: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "The worker publishes a port on the host",
@@ -222,6 +247,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_WRONG_NETWORK: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "The worker is on no network where it reaches its database",
@@ -232,11 +258,12 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "evidence": "`container`, `field`, `expected`, `actual` (the replica and the setting that differs); "
         "`actual` lists the container's networks.",
         "remedy": f"`{PLAY_SITE}` (qfc_worker attaches it to the network it shares with the database, normally "
-        f"{{network}}), or fix the worker's networks and `{COMPOSE} up -d --no-deps worker_wrapper`.",
+        f"{{network}}), or fix the networks of the worker and `{COMPOSE} up -d --no-deps worker_wrapper`.",
     },
     codes.CODE_WORKER_CRASH_LOOP: {
         "severity": "error",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_crash_loop",),
         "hidden_by": (),
         "summary": "The worker keeps restarting",
@@ -253,6 +280,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_DEBUG_COMMAND: {
         "severity": "error",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "The worker runs under the debugger (debugpy)",
@@ -265,6 +293,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_COMMAND_WRONG: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "The worker does not run `manage.py dequeue`",
@@ -276,6 +305,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_RESTART_POLICY: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_drift",),
         "hidden_by": (),
         "summary": "The worker does not restart by itself",
@@ -287,6 +317,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_REPLICAS_LOW: {
         "severity": "error",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_count",),
         "hidden_by": (),
         "summary": "Fewer worker replicas run than configured",
@@ -298,6 +329,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_REPLICAS_HIGH: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_replica_count",),
         "hidden_by": (),
         "summary": "More worker replicas run than configured",
@@ -309,6 +341,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_HAND_STARTED: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_hand_started",),
         "hidden_by": (),
         "summary": "A worker was started by hand outside compose",
@@ -326,6 +359,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_TIMEOUT_EMPTY: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_worker_timeout",),
         "hidden_by": (),
         "summary": "QFIELDCLOUD_WORKER_TIMEOUT_S is empty: app and worker crash at start",
@@ -341,6 +375,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_QGIS_NETWORK_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_job_network",),
         "hidden_by": (),
         "summary": "The network for QGIS job containers does not exist",
@@ -354,9 +389,11 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_SHARED_ENVIRONMENT_LABEL: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_shared_environment",),
         "hidden_by": (),
-        "summary": "Another QFieldCloud on this Docker engine has the same ENVIRONMENT: they kill each other's jobs",
+        "summary": "Another QFieldCloud on this Docker engine has the same ENVIRONMENT: each kills the jobs of the "
+        "other",
         "meaning": "An idle worker removes every QGIS container labelled app=<ENVIRONMENT>_worker whose job it does "
         "not know; two projects with the same ENVIRONMENT on one engine remove each other's running job containers "
         "(upstream issue #1822), and their jobs fail at random.",
@@ -369,6 +406,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_QGIS_IMAGE_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_qgis_images",),
         "hidden_by": (),
         "summary": "A QGIS image the worker needs is missing",
@@ -383,6 +421,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_QUEUE_STALLED: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_queue",),
         "hidden_by": ("db", "queue"),
         "summary": "Claimable jobs wait longer than the threshold: nothing processes the queue",
@@ -397,6 +436,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_JOBS_OVERDUE: {
         "severity": "error",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_queue",),
         "hidden_by": ("db", "queue"),
         "summary": "Jobs are queued or started for longer than the job timeout",
@@ -407,12 +447,13 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "evidence": "`queued`, `started`, `job_timeout_s`, `jobs` (id, type, status, age of the oldest ones).",
         "remedy": "When their worker process is gone the jobs are also listed as `jobs_orphaned`, which "
         f"`{PLAY_SITE}` recovers. A job a running worker still holds is running long: look at its QGIS container "
-        "(`docker ps --filter label=job_id=<id>`); upstream's cron fails a started job after the job timeout "
+        "(`docker ps --filter label=job_id=<id>`); the cron of upstream fails a started job after the job timeout "
         f"(`{COMPOSE} exec app python manage.py runcrons`), never a queued one.",
     },
     codes.CODE_JOBS_ORPHANED: {
         "severity": "error",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_queue",),
         "hidden_by": ("db", "queue", "logs"),
         "summary": "Jobs are queued or started by a worker process that no longer exists",
@@ -426,13 +467,14 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "evidence": "`count`, `jobs` (id, type, project, the evidence that no live process holds it), `projects`, "
         "`deltas_to_reapply`.",
         "remedy": f"`{PLAY_SITE}` (qfc_worker puts queued jobs and started package/process_projectfile jobs back "
-        "to pending; other started jobs get the end state upstream's cron gives them: the job failed, a delta_apply "
-        "job's deltas 'error'). Deltas set 'error' are applied again by an administrator: web admin, Deltas, filter "
-        "the project and status 'error', 'Set status pending', then 'Apply selected deltas'.",
+        "to pending; other started jobs get the end state the cron of upstream gives them: the job failed, the "
+        "deltas of a delta_apply job `error`). Deltas set `error` are applied again by an administrator: web admin, "
+        "Deltas, filter the project and status `error`, action `Set status pending`, then `Apply selected deltas`.",
     },
     codes.CODE_JOBS_FAILING: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": None,
         "detectors": ("problems._detect_queue",),
         "hidden_by": ("db", "queue"),
         "summary": "More jobs failed than finished in the last hour",
@@ -445,6 +487,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_DB_UNREACHABLE: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_database",),
         "hidden_by": ("db",),
         "summary": "The database cannot be reached",
@@ -458,6 +501,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_DB_AUTH_FAILED: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_database",),
         "hidden_by": ("db",),
         "summary": "The database refuses the credentials",
@@ -470,6 +514,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_DB_IS_REPLICA: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_database",),
         "hidden_by": ("db",),
         "summary": "The database is a read-only replica",
@@ -482,6 +527,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_MIGRATIONS_MISSING: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_database", "problems._detect_log_signs"),
         "hidden_by": ("db",),
         "summary": "The database has no QFieldCloud tables (migrations not applied)",
@@ -494,9 +540,10 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_APP_UNREACHABLE: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_app",),
         "hidden_by": ("app",),
-        "summary": "The app's status endpoint does not answer",
+        "summary": "The status endpoint of the app does not answer",
         "meaning": "QField cannot reach the API: no upload, no sync.",
         "detection": "GET /api/v1/status/ fails (connection refused, timeout, closed).",
         "evidence": "`url`, `error`.",
@@ -506,9 +553,10 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_APP_STATUS_NOT_OK: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("problems._detect_app",),
         "hidden_by": ("app",),
-        "summary": "The app's status endpoint reports a failing component",
+        "summary": "The status endpoint of the app reports a failing component",
         "meaning": "The app cannot use its database or storage.",
         "detection": "GET /api/v1/status/ does not return 200 with every component 'ok'.",
         "evidence": "`url`, `http_status`, `status` (the components the endpoint reported).",
@@ -517,6 +565,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_NGINX_HOST_MISMATCH: {
         "severity": "critical",
         "blocks": "client",
+        "repaired_by": None,
         "detectors": ("problems._detect_client",),
         "hidden_by": ("app", "client"),
         "summary": "nginx does not serve the QFIELDCLOUD_HOST that QField users enter",
@@ -534,6 +583,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_CLIENT_URL_UNREACHABLE: {
         "severity": "error",
         "blocks": "client",
+        "repaired_by": None,
         "detectors": ("problems._detect_client",),
         "hidden_by": ("app", "client"),
         "summary": "The server URL QField users enter does not answer",
@@ -550,6 +600,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_CLIENT_HOST_LOCAL: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": None,
         "detectors": ("problems._detect_client",),
         "hidden_by": ("app", "client"),
         "summary": "QFIELDCLOUD_HOST is a local name that QField devices cannot reach",
@@ -557,12 +608,13 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "talks to itself, and links the server generates point nowhere.",
         "detection": "QFIELDCLOUD_HOST is localhost, *.localhost, 127.x.x.x, 0.0.0.0 or ::1.",
         "evidence": "`host`, `host_source` (where the host was read).",
-        "remedy": "Set QFIELDCLOUD_HOST in .env to the server's DNS name or LAN address, then "
+        "remedy": "Set QFIELDCLOUD_HOST in .env to the DNS name or LAN address of the server, then "
         f"`{COMPOSE} up -d --no-deps nginx app` and `{COMPOSE} restart ofelia`.",
     },
     codes.CODE_CRON_NOT_RUNNING: {
         "severity": "error",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("problems._detect_cron",),
         "hidden_by": ("cron",),
         "summary": "The QFieldCloud cron is not running its jobs",
@@ -573,11 +625,12 @@ CATALOGUE: dict[str, dict[str, Any]] = {
         "cron_max_age, or there is none; when the database cannot tell, ofelia is not running.",
         "evidence": "`last_run`, `last_run_age_s`, `threshold_s`, `ofelia_present`, `ofelia_running`.",
         "remedy": f"`{COMPOSE} up -d ofelia` (or `{COMPOSE} restart ofelia`), or `{PLAY_SITE}`; without "
-        f"ofelia, run `{COMPOSE} exec -T app python manage.py runcrons` every minute from the host's cron.",
+        f"ofelia, run `{COMPOSE} exec -T app python manage.py runcrons` every minute from the cron of the host.",
     },
     codes.CODE_ORPHAN_JOB_CONTAINERS: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_MAINT,
         "detectors": ("problems._detect_orphans",),
         "hidden_by": ("orphans",),
         "summary": "QGIS job containers of this project are left over",
@@ -591,10 +644,11 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_CONFIG_NOT_PERSISTENT: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("worker_plan.plan",),
         "hidden_by": (),
-        "summary": "The worker's configuration is not held by the collection's override file (a later compose up "
-        "may undo it)",
+        "summary": "The configuration of the worker is not held by the override file of the collection (a later "
+        "compose up may undo it)",
         "meaning": "qfc_worker keeps what the worker needs (user root, the Docker socket, its network, POSTGRES_HOST, "
         "the dequeue command, the restart policy, no published port, the replica count) in its compose override "
         "file, the last entry of COMPOSE_FILE in .env. Without it a worker that is right now is right only until "
@@ -610,6 +664,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_WORKER_SHOULD_BE_STOPPED: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": REPAIR_SITE,
         "detectors": ("worker_plan.plan",),
         "hidden_by": (),
         "summary": "A worker replica runs although the worker should be stopped",
@@ -624,6 +679,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_DRAIN_TIMEOUT: {
         "severity": "warning",
         "blocks": "none",
+        "repaired_by": None,
         "detectors": ("drain.drain",),
         "hidden_by": (),
         "summary": "A worker replica still ran a job when drain_timeout ran out: nothing was stopped or recreated",
@@ -641,6 +697,7 @@ CATALOGUE: dict[str, dict[str, Any]] = {
     codes.CODE_VERIFY_FAILED: {
         "severity": "critical",
         "blocks": "sync",
+        "repaired_by": None,
         "detectors": ("callback/drift_report.host_items",),
         "hidden_by": (),
         "summary": "The end-to-end sync probe did not succeed",
@@ -694,7 +751,7 @@ def make_problem(
     severity: str | None = None,
     blocks: str | None = None,
 ) -> dict[str, Any]:
-    """Build one problem dict ``{code, severity, blocks, summary, evidence, remedy}`` from the catalogue."""
+    """One problem dict ``{code, severity, blocks, summary, evidence, remedy, repaired_by}`` from the catalogue."""
     entry = CATALOGUE[code]
     ctx = _context(facts or {})
     remedy = entry["remedy"].replace("{project_dir}", ctx["project_dir"])
@@ -707,6 +764,7 @@ def make_problem(
         "summary": summary or entry["summary"],
         "evidence": evidence if evidence is not None else {},
         "remedy": remedy,
+        "repaired_by": entry["repaired_by"],
     }
 
 
@@ -1289,6 +1347,13 @@ def _doc_text(text: str) -> str:
     return text.replace("{project_dir}", "<project_dir>").replace("{network}", "<project>_default")
 
 
+def repaired_by_text(playbook: str | None) -> str:
+    """How docs/problems.md says what repairs a problem: the playbook's command, or that none does."""
+    if playbook is None:
+        return "no playbook of the collection: follow the remedy"
+    return f"`{REPAIR_COMMAND[playbook]}`"
+
+
 def catalogue_markdown() -> str:
     """Render the catalogue as docs/problems.md shows it: one short table, then a section per code."""
     lines = ["| Code | Severity | Blocks | Summary |", "| --- | --- | --- | --- |"]
@@ -1308,6 +1373,7 @@ def catalogue_markdown() -> str:
             f"- **Detection:** {entry['detection']}",
             f"- **Evidence:** {entry['evidence']}",
             f"- **Remedy:** {_doc_text(entry['remedy'])}",
+            f"- **Repaired by:** {repaired_by_text(entry['repaired_by'])}",
             f"- **Raised by:** {', '.join(f'`{name}`' for name in entry['detectors'])}; hidden by `skip`: {hidden}.",
         ]
     return "\n".join(lines) + "\n"

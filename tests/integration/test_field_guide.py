@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from ansible_run import codes, facts_of, play, recap
+from ansible_run import JSON_CALLBACK, codes, facts_of, play, recap, task_results
 
 pytestmark = pytest.mark.integration
 
@@ -178,9 +178,23 @@ def test_worker_problem_carries_its_log_lines_masked_into_the_drift_report(stack
     env = {
         "ANSIBLE_CALLBACKS_ENABLED": "fibreflow.qfieldcloud.drift_report",
         "FIBREFLOW_DRIFT_REPORT_DIR": str(report_dir),
+        "FIBREFLOW_DRIFT_REPORT_SUMMARY": "false",  # stdout is the JSON callback's document alone
+        **JSON_CALLBACK,
     }
     res = play("playbooks/diagnose.yml", stack, extra={"qfieldcloud_diagnose_fail": False}, env=env)
     assert res.returncode == 0, res.output[-3000:]
+    # diagnose.yml prints the evidence as text: the scalars as `key: value`, each log line on a line of its own
+    results = task_results(res.stdout)
+    found = next(r for name, r in results if name == "Read the state of the stack")
+    shown = printed_problems(results)
+    problem = next(p for p in found["problems"] if p["code"] == "worker_db_host_wrong")
+    text = shown["worker_db_host_wrong"].splitlines()
+    assert text[0] == f"CRITICAL worker_db_host_wrong: {problem['summary']}", text
+    assert text[1] == "Evidence:" and text[-1] == f"Remedy: {problem['remedy']}", text
+    assert f"  container: {problem['evidence']['container']}" in text, text
+    assert "  log:" in text, text
+    assert all(f"    - {entry}" in text for entry in problem["evidence"]["log"]), (problem["evidence"]["log"], text)
+    assert not any(line.lstrip().startswith(("{", "[")) for line in text), text  # no JSON
     doc = json.loads((report_dir / "drift-report.json").read_text())
     item = next(i for i in doc["hosts"]["localhost"]["items"] if i["code"] == "worker_db_host_wrong")
     assert any("could not translate host name" in entry for entry in item["evidence"]["log"])
@@ -189,3 +203,33 @@ def test_worker_problem_carries_its_log_lines_masked_into_the_drift_report(stack
     for text in (json.dumps(doc), markdown, res.output):
         for secret in stack.secrets():
             assert secret not in text
+
+    # the closing message names site.yml for what it repairs...
+    failing = play("playbooks/diagnose.yml", stack, env=JSON_CALLBACK)
+    assert failing.returncode == 2, failing.output[-3000:]
+    closing = closing_message(task_results(failing.stdout))
+    assert closing[0].startswith("SYNC BLOCKED on localhost: a job created now would not finish ("), closing
+    assert closing[-1].startswith("Repair: ansible-playbook fibreflow.qfieldcloud.site (it repairs "), closing
+    assert "worker_db_host_wrong" in closing[-1], closing
+    # ...and only for that: site.yml does not start a Docker daemon that does not answer
+    dead = play("playbooks/diagnose.yml", stack, env={**JSON_CALLBACK, "DOCKER_HOST": f"unix://{tmp_path}/no.sock"})
+    assert dead.returncode == 2, dead.output[-3000:]
+    results = task_results(dead.stdout)
+    text = printed_problems(results)["docker_unreachable"].splitlines()
+    assert f"  docker_host: unix://{tmp_path}/no.sock" in text, text
+    closing = closing_message(results)
+    assert closing[0] == "SYNC BLOCKED on localhost: a job created now would not finish (docker_unreachable).", closing
+    assert closing[1].startswith("docker_unreachable: Start Docker (`systemctl start docker`"), closing
+    assert len(closing) == 2 and "fibreflow.qfieldcloud.site" not in "\n".join(closing), closing
+
+
+def printed_problems(results: list[tuple[str, dict]]) -> dict[str, str]:
+    """The text diagnose.yml prints for each problem, by code."""
+    printed = next(r for name, r in results if name == "Print each problem with its remedy")
+    return {item["item"]["code"]: item["msg"] for item in printed["results"]}
+
+
+def closing_message(results: list[tuple[str, dict]]) -> list[str]:
+    """The lines of the message diagnose.yml fails with."""
+    [failed] = [r for _name, r in results if r.get("failed")]
+    return failed["msg"].splitlines()

@@ -43,7 +43,8 @@ def test_problem_shape(facts):
     problems = pb.detect_problems(facts)
     assert [p["code"] for p in problems] == ["worker_not_running"]
     problem = problems[0]
-    assert set(problem) == {"code", "severity", "blocks", "summary", "evidence", "remedy"}
+    assert set(problem) == {"code", "severity", "blocks", "summary", "evidence", "remedy", "repaired_by"}
+    assert problem["repaired_by"] == "site.yml"
     assert problem["severity"] == "critical"
     assert problem["blocks"] == "sync"
     assert "cd /srv/qfc && docker compose up -d --no-deps worker_wrapper" in problem["remedy"]
@@ -323,6 +324,51 @@ def test_catalogue_is_complete_and_documented():
         assert f"`{code}`" in text, f"{code} missing from docs/problems.md"
     # The table is the generated one (regenerate: keep the header, append problems.catalogue_markdown()).
     assert text.endswith("\n\n" + pb.catalogue_markdown()), "docs/problems.md is not problems.catalogue_markdown()"
+
+
+def test_every_code_says_what_repairs_it():
+    for code, entry in pb.CATALOGUE.items():
+        assert "repaired_by" in entry, code
+        assert entry["repaired_by"] in pb.REPAIRED_BY, code
+        # a playbook that repairs it is named in its remedy, the same way the closing message of diagnose.yml names it
+        if entry["repaired_by"] is not None:
+            assert pb.REPAIR_COMMAND[entry["repaired_by"]] in entry["remedy"], code
+    # what the playbooks cannot repair: Docker itself, settings and data only a person can choose
+    for code in (
+        "docker_unreachable",
+        "worker_timeout_empty",
+        "qgis_network_missing",
+        "shared_environment_label",
+        "db_auth_failed",
+        "db_is_replica",
+        "migrations_missing",
+        "nginx_host_mismatch",
+        "drain_timeout",
+    ):
+        assert pb.CATALOGUE[code]["repaired_by"] is None, code
+    for code in ("worker_not_running", "worker_socket_denied", "worker_db_host_wrong", "qgis_image_missing"):
+        assert pb.CATALOGUE[code]["repaired_by"] == "site.yml", code
+    assert pb.CATALOGUE["orphan_job_containers"]["repaired_by"] == "maintenance.yml"
+    docs = pb.catalogue_markdown()
+    assert "- **Repaired by:** no playbook of the collection: follow the remedy" in docs
+    assert "- **Repaired by:** `ansible-playbook fibreflow.qfieldcloud.site`" in docs
+
+
+def test_problem_carries_what_repairs_it(facts):
+    facts["daemon"] = {"reachable": False, "docker_host": "unix:///nowhere.sock", "error": "refused"}
+    problems = pb.detect_problems(facts)
+    assert [(p["code"], p["repaired_by"]) for p in problems] == [("docker_unreachable", None)]
+
+
+def test_summaries_and_remedies_quote_with_backticks_not_single_quotes():
+    # A one-line message with ": " in it is rendered by Ansible's YAML output in single quotes, which doubles
+    # every single quote inside it (worker''s, ''error''): the texts people read in results have none.
+    for code, entry in pb.CATALOGUE.items():
+        for field in ("summary", "remedy"):
+            assert "'" not in entry[field], (code, field, entry[field])
+    for name, value in vars(pb).items():
+        if name.isupper() and isinstance(value, str):
+            assert "'" not in value, name
 
 
 def test_empty_worker_timeout_is_critical(facts):
