@@ -114,6 +114,34 @@ def test_login_refuses_a_wrong_password(standin):
     assert code == 400
 
 
+def test_createuser_then_the_project_api_as_upstream(standin):
+    """`manage.py createuser` makes a user once (idempotent by username), who logs in and finds or creates projects."""
+    name, password = f"u{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    argv = ["exec", "-T", "app", "python3", "manage.py", "createuser", "--username", name, "--email", f"{name}@x.test"]
+    made = standin.compose(*argv, "--password", password)
+    again = standin.compose(*argv, "--password", "another")
+    empty = standin.compose(*argv[:7], "", "--email", "e@x.test", "--password", "p", check=False)
+    assert made.stdout.strip() == f"User {name} has been successfully created"
+    assert again.stdout.strip() == f"User {name} already exists"
+    assert empty.returncode == 1 and empty.stdout.startswith("ERROR: Unable to create user")
+    user = standin.sql(f"SELECT email, is_superuser FROM core_user WHERE username = '{name}'")
+    assert user == [[f"{name}@x.test", "f"]]
+    code, body = standin.http("POST", "/api/v1/auth/login/", {"username": name, "password": password})
+    assert code == 200
+    token = body["token"]
+    assert standin.http("GET", "/api/v1/projects/", token=token) == (200, [])
+    assert standin.http("GET", "/api/v1/projects/")[0] == 401
+    new = {"name": "p1", "owner": name, "description": "d", "is_public": False}
+    code, project = standin.http("POST", "/api/v1/projects/", new, token=token)
+    assert code == 201 and (project["name"], project["owner"], project["is_public"]) == ("p1", name, False)
+    assert standin.http("POST", "/api/v1/projects/", new, token=token)[1]["code"] == "project_already_exists"
+    assert standin.http("POST", "/api/v1/projects/", {**new, "owner": "probe"}, token=token)[0] == 403
+    assert [p["id"] for p in standin.http("GET", "/api/v1/projects/", token=token)[1]] == [project["id"]]
+    # In the table the stand-in's jobs look projects up in.
+    assert standin.sql(f"SELECT owner_id FROM project_project WHERE id = '{project['id']}'") != []
+    standin.http("POST", "/api/v1/auth/logout/", token=token)
+
+
 def test_worker_stopped_and_removed_leave_jobs_pending(stack_factory):
     stack = stack_factory()
     stack.break_("worker-stopped")

@@ -6,7 +6,7 @@ import sys
 
 def main() -> int:
     if len(sys.argv) < 2:
-        print("usage: manage.py {runserver,dequeue,migrate,showmigrations,runcrons,standin_seed}")
+        print("usage: manage.py {runserver,dequeue,migrate,showmigrations,runcrons,createuser,standin_seed}")
         return 2
     cmd, args = sys.argv[1], sys.argv[2:]
     # As with Django, the settings are loaded before any command: a bad value stops every command.
@@ -20,7 +20,7 @@ def main() -> int:
         import dequeue
 
         return dequeue.main(args)
-    if cmd in ("migrate", "showmigrations", "standin_seed"):
+    if cmd in ("migrate", "showmigrations", "createuser", "standin_seed"):
         import migrations
 
         return getattr(migrations, cmd)(args)

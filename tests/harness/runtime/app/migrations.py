@@ -1,5 +1,7 @@
-"""`migrate`, `showmigrations` and the stand-in's own `standin_seed` (probe account and project)."""
+"""`migrate`, `showmigrations`, upstream's `createuser`, and the stand-in's own `standin_seed` (probe account and
+project)."""
 
+import argparse
 import hashlib
 import os
 import secrets
@@ -69,6 +71,36 @@ def check_password(password: str, encoded: str) -> bool:
     except ValueError:
         return False
     return secrets.compare_digest(hash_password(password, salt), encoded)
+
+
+def createuser(args) -> int:
+    """Upstream's `createuser --username U --email E --password P [--superuser]`: a user unless one of that name exists.
+
+    Says which of the two happened on stdout; any error exits 1 after "ERROR: Unable to create user".
+    """
+    parser = argparse.ArgumentParser(prog="manage.py createuser")
+    parser.add_argument("--username", type=str, required=True)
+    parser.add_argument("--password", type=str, required=True)
+    parser.add_argument("--email", type=str, required=True)
+    parser.add_argument("--superuser", action="store_true")
+    opts = parser.parse_args(args)
+    try:
+        if not opts.username:
+            raise ValueError("The given username must be set")
+        conn = qfcdb.connect()
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO core_user (username, password, email, is_superuser, is_active, date_joined)"
+                " VALUES (%s, %s, %s, %s, true, now()) ON CONFLICT (username) DO NOTHING RETURNING id",
+                (opts.username, hash_password(opts.password), opts.email, opts.superuser),
+            )
+            created = cur.fetchone() is not None
+    except Exception as err:  # as upstream: any failure is reported the same way
+        print(f"ERROR: Unable to create user\n{err}\n")
+        return 1
+    outcome = "has been successfully created" if created else "already exists"
+    print(f"User {opts.username} {outcome}\n")
+    return 0
 
 
 def standin_seed(args) -> int:

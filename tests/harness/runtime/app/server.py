@@ -82,6 +82,24 @@ def job_json(row) -> dict:
 
 
 JOB_COLUMNS = "id, project_id, type, status, created_at, updated_at, started_at, finished_at, feedback"
+PROJECT_COLUMNS = "p.id, p.name, u.username, p.description, p.is_public, p.created_at, p.updated_at"
+
+
+def project_json(row) -> dict:
+    """Upstream's ProjectSerializer fields the stand-in knows; the caller owns every project it lists."""
+    project_id, name, owner, description, is_public, created_at, updated_at = row
+    return {
+        "id": str(project_id),
+        "name": name,
+        "owner": owner,
+        "description": description,
+        "private": not is_public,
+        "is_public": is_public,
+        "created_at": created_at.isoformat(),
+        "updated_at": updated_at.isoformat(),
+        "user_role": "admin",
+        "user_role_origin": "project_owner",
+    }
 
 
 def insert_job(cur, project_id, job_type, user_id, feedback=None) -> uuid.UUID:
@@ -196,6 +214,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/api/v1/status/":
             return self.reply(200, status_body())
+        if path == "/api/v1/projects/":
+            return self.handle_db(self.list_projects)
         m = re.fullmatch(rf"/api/v1/jobs/({UUID_RE})/", path)
         if m:
             return self.handle_db(lambda: self.get_job(m.group(1)))
@@ -212,6 +232,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.handle_db(self.logout)
         if path == "/api/v1/jobs/":
             return self.handle_db(self.create_job)
+        if path == "/api/v1/projects/":
+            return self.handle_db(self.create_project)
         m = re.fullmatch(rf"/api/v1/deltas/({UUID_RE})/", path)
         if m:
             return self.handle_db(lambda: self.push_deltas(m.group(1)))
@@ -287,6 +309,85 @@ class Handler(BaseHTTPRequestHandler):
             cur.execute(f"SELECT {JOB_COLUMNS} FROM core_job WHERE id = %s", (job_id,))
             row = cur.fetchone()
         self.reply(201, job_json(row))
+
+    def list_projects(self):
+        """Upstream's project list without public projects: here, the projects the caller owns."""
+        user = self.user_id()
+        if user is None:
+            return self.reply(401, {"code": "not_authenticated", "message": "Not authenticated"})
+        conn = db()
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                f"SELECT {PROJECT_COLUMNS} FROM {qfcdb.PROJECT_TABLE} p JOIN core_user u ON u.id = p.owner_id"
+                " WHERE p.owner_id = %s ORDER BY p.name",
+                (user,),
+            )
+            rows = cur.fetchall()
+        self.reply(200, [project_json(r) for r in rows])
+
+    def create_project(self):
+        """Upstream's project create: name, owner (a username; the caller when absent), description, is_public.
+
+        A person creates projects for itself only; a second project of one name and owner is refused.
+        """
+        user = self.user_id()
+        if user is None:
+            return self.reply(401, {"code": "not_authenticated", "message": "Not authenticated"})
+        fields, _ = self.form()
+        name = str(fields.get("name") or "").strip()
+        if not name:
+            return self.reply(
+                400,
+                {
+                    "code": "validation_error",
+                    "message": "Validation error",
+                    "detail": {"name": ["This field is required."]},
+                },
+            )
+        is_public = str(fields.get("is_public", "false")).lower() in ("1", "true")
+        if fields.get("private") is not None:
+            is_public = str(fields["private"]).lower() not in ("1", "true")
+        conn = db()
+        with conn, conn.cursor() as cur:
+            owner = user
+            if fields.get("owner"):
+                cur.execute("SELECT id FROM core_user WHERE username = %s", (fields["owner"],))
+                row = cur.fetchone()
+                if row is None:
+                    return self.reply(
+                        400,
+                        {
+                            "code": "validation_error",
+                            "message": "Validation error",
+                            "detail": {"owner": ["Invalid owner username"]},
+                        },
+                    )
+                owner = row[0]
+            if owner != user:
+                return self.reply(403, {"code": "permission_denied", "message": "Permission denied"})
+            cur.execute(f"SELECT 1 FROM {qfcdb.PROJECT_TABLE} WHERE owner_id = %s AND name = %s", (owner, name))
+            if cur.fetchone():
+                return self.reply(
+                    400,
+                    {
+                        "code": "project_already_exists",
+                        "message": "This user already owns a project with the same name.",
+                    },
+                )
+            project_id = uuid.uuid4()
+            lock_col, lock_val = ("is_locked", False) if qfcdb.LEGACY else ("locked_at", None)
+            cur.execute(
+                f"INSERT INTO {qfcdb.PROJECT_TABLE} (id, name, description, owner_id, is_public, {lock_col},"
+                " created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, now(), now())",
+                (project_id, name, str(fields.get("description") or ""), owner, is_public, lock_val),
+            )
+            cur.execute(
+                f"SELECT {PROJECT_COLUMNS} FROM {qfcdb.PROJECT_TABLE} p JOIN core_user u ON u.id = p.owner_id"
+                " WHERE p.id = %s",
+                (project_id,),
+            )
+            row = cur.fetchone()
+        self.reply(201, project_json(row))
 
     def get_job(self, job_id):
         if self.user_id() is None:
