@@ -472,6 +472,8 @@ class ComposeCli:
         self.timeout = timeout
         self.docker_bin = docker_bin
         self.calls: list[list[str]] = []
+        # A `config --format json` started ahead (prefetch_config) and not yet collected.
+        self._prefetched: subprocess.Popen | None = None
 
     def _env(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items() if key not in COMPOSE_ENV_VARS}
@@ -486,6 +488,24 @@ class ComposeCli:
             argv += ["-f", name]
         return [*argv, *args]
 
+    def prefetch_config(self) -> None:
+        """Start ``docker compose config --format json`` now, so that it runs while the caller reads the engine;
+        the next :meth:`config` without files or stdin takes its output (errors are raised there)."""
+        argv = self.command(*config_args())
+        try:
+            self._prefetched = subprocess.Popen(
+                argv,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=self._env(),
+                cwd=self.project_dir,
+            )
+        except OSError:
+            self._prefetched = None  # config() runs it again and reports why it cannot
+        else:
+            self.calls.append(argv)
+
     def run(
         self,
         *args: str,
@@ -495,26 +515,36 @@ class ComposeCli:
     ) -> str:
         """Run compose and return its stdout; raise :class:`ComposeError` on a non-zero exit."""
         argv = self.command(*args, files=files)
-        self.calls.append(argv)
+        limit = timeout or self.timeout
+        proc, self._prefetched = self._prefetched, None
+        if proc is not None and (list(args) != config_args() or files or stdin is not None):
+            proc.kill()  # not what was asked for after all
+            proc.communicate()
+            proc = None
         try:
-            proc = subprocess.run(
-                argv,
-                input=stdin,
-                capture_output=True,
-                text=True,
-                env=self._env(),
-                cwd=self.project_dir,
-                timeout=timeout or self.timeout,
-                check=False,
-            )
+            if proc is None:
+                self.calls.append(argv)
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    env=self._env(),
+                    cwd=self.project_dir,
+                )
+            try:
+                stdout, stderr = proc.communicate(input=stdin, timeout=limit)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                proc.communicate()
+                raise ComposeError(f"'{' '.join(argv)}' did not finish within {limit:g}s") from exc
         except FileNotFoundError as exc:
             raise ComposeError(f"cannot run '{self.docker_bin}': {exc}") from exc
-        except subprocess.TimeoutExpired as exc:
-            raise ComposeError(f"'{' '.join(argv)}' did not finish within {timeout or self.timeout:g}s") from exc
         if proc.returncode != 0:
-            message = (proc.stderr or proc.stdout or "").strip()
+            message = (stderr or stdout or "").strip()
             raise ComposeError(f"'{' '.join(argv)}' failed (exit {proc.returncode}): {message}")
-        return proc.stdout
+        return stdout
 
     def config(self, files: list[str] | None = None, stdin: str | None = None) -> dict[str, Any]:
         """Return the effective project configuration (``docker compose config --format json``)."""

@@ -183,14 +183,14 @@ def interpolate(value: str, env: dict[str, str]) -> str:
     return "\0".join(_VARIABLE.sub(expand, part) for part in value.split("$$")).replace("\0", "$")
 
 
-def compose_service_images(files: list[str], env: dict[str, str]) -> dict[str, str]:
-    """The ``image:`` of each service in the compose files (later files win), interpolated with ``env``.
+def compose_services(files: list[str], env: dict[str, str]) -> dict[str, str | None]:
+    """Each service the compose files define (later files add to earlier ones), with its ``image:`` interpolated
+    with ``env`` (``None`` without one: compose names its build ``<project>-<service>``; a later file's image wins).
 
-    A line reader, not a YAML parser (PyYAML is not always on a server's Python): it finds ``image:`` keys one
-    level below a service key under the top-level ``services:``. Services without ``image:`` are absent: compose
-    names their build ``<project>-<service>``.
+    A line reader, not a YAML parser (PyYAML is not always on a server's Python): services are the keys one level
+    below the top-level ``services:``, images the ``image:`` keys one level below a service key.
     """
-    images: dict[str, str] = {}
+    services: dict[str, str | None] = {}
     for path in files:
         try:
             with open(path, encoding="utf-8") as handle:
@@ -211,6 +211,7 @@ def compose_service_images(files: list[str], env: dict[str, str]) -> dict[str, s
             key = _SERVICE_KEY.match(line)
             if key and (service is None or indent <= service_indent):
                 service, service_indent, child_indent = key.group(2), indent, None
+                services.setdefault(service, None)
                 continue
             if service and child_indent is None and indent > service_indent:
                 child_indent = indent  # the indent of the service's own keys
@@ -218,8 +219,13 @@ def compose_service_images(files: list[str], env: dict[str, str]) -> dict[str, s
             if service and image and indent == child_indent:
                 value = image.group(2).strip().strip("'\"")
                 if value:
-                    images[service] = interpolate(value, env)
-    return images
+                    services[service] = interpolate(value, env)
+    return services
+
+
+def compose_service_images(files: list[str], env: dict[str, str]) -> dict[str, str]:
+    """The ``image:`` of each service of the compose files that has one (:func:`compose_services`)."""
+    return {name: image for name, image in compose_services(files, env).items() if image}
 
 
 def _as_int(value: str | None, default: int) -> int:
@@ -298,9 +304,10 @@ def project_settings(
         ``None``), ``compose_files``, ``path_separator``, ``worker_replicas``, ``default_network`` (the project's
         ``<name>_default``, where the worker and the database are), ``job_network`` (the QGIS job containers'
         network: ``QFIELDCLOUD_DEFAULT_NETWORK`` or the default network), ``job_network_source``,
-        ``worker_timeout_s``, ``worker_timeout_raw``, ``service_images`` (service -> the ``image:`` of
-        the compose files), ``environment``, ``qgis_images`` (variable -> image name) and
-        ``postgres`` (``host``, ``port``, ``db``, ``user``; never the password). No secret values.
+        ``worker_timeout_s``, ``worker_timeout_raw``, ``services`` (the services the compose files define,
+        sorted), ``service_images`` (service -> the ``image:`` of the compose files), ``environment``,
+        ``qgis_images`` (variable -> image name) and ``postgres`` (``host``, ``port``, ``db``, ``user``; never the
+        password). No secret values.
     """
     env_file = None
     if project_dir:
@@ -334,6 +341,7 @@ def project_settings(
     network = f"{name}_default"
     job_network = env.get("QFIELDCLOUD_DEFAULT_NETWORK", "").strip() or network
     timeout_raw = env.get("QFIELDCLOUD_WORKER_TIMEOUT_S")
+    services = compose_services(files, env)
     return {
         "project_name": name,
         "project_name_source": source,
@@ -350,7 +358,8 @@ def project_settings(
         "worker_timeout_raw": None if timeout_raw is None else timeout_raw.strip(),
         "environment": env.get("ENVIRONMENT") or None,
         "qgis_images": {var: env[var] for var in QGIS_IMAGE_VARIABLES if env.get(var)},
-        "service_images": compose_service_images(files, env),
+        "services": sorted(services),
+        "service_images": {name: image for name, image in services.items() if image},
         "postgres": {
             "host": env.get("POSTGRES_HOST") or None,
             "port": _as_int(env.get("POSTGRES_PORT"), 5432),

@@ -70,7 +70,11 @@ from typing import Any, Iterable
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import codes, database, logsigns, stack
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as spec
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import LOG_TAIL, docker_time
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import (
+    LABEL_PROJECT,
+    LOG_TAIL,
+    docker_time,
+)
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.logsigns import unique_ids
 
 IN_FLIGHT = database.IN_FLIGHT
@@ -271,6 +275,10 @@ def worker_claims(engine: Any, project: str) -> dict[str, Any] | None:
     workers = []
     for summary in engine.containers():
         if "dequeue" not in str(summary.get("Command") or ""):
+            continue
+        # Another compose project's container is that project's (as stack.classify_containers sorts the listing):
+        # not inspected.
+        if (summary.get("Labels") or {}).get(LABEL_PROJECT) not in (None, project):
             continue
         attrs = engine.inspect(summary["Id"])
         if attrs is None:

@@ -10,9 +10,12 @@ parameters (see ``plugins/modules/qfc_sync_facts.py``); missing keys take the mo
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
+import os
 import ssl
+import stat
 import time
 import urllib.error
 import urllib.parse
@@ -49,8 +52,15 @@ DEFAULTS: dict[str, Any] = {
     "crash_window": 600,
     "log_lines": 200,
     "log_tail_lines": 5,
+    "boot_script_dir": None,
+    "boot_unit_dir": None,
     "skip": [],
 }
+# Where the startup role installs the start script and the unit by default (its qfieldcloud_startup_boot_*_dir).
+BOOT_SCRIPT_DIR = "/usr/local/sbin"
+BOOT_UNIT_DIR = "/etc/systemd/system"
+# There when systemd runs the host (what sd_booted(3) checks).
+SYSTEMD_RUNTIME_DIR = "/run/systemd/system"
 CHECKS = ("db", "queue", "app", "client", "cron", "logs", "orphans")
 STATUS_PATH = "/api/v1/status/"
 STATUS_COMPONENTS = ("database", "geodb", "storage")
@@ -415,6 +425,7 @@ def _worker_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
         db_names = dns_names.get(db_service) if db_service else None
         app_networks = [n for c in ctx.containers.get("app") or [] if c.get("running") for n in c.get("networks") or []]
         facts["project"]["database_service"] = db_service
+        facts["project"]["postgres_host"] = db_host
         expected = ws.expected_worker(
             ctx.project,
             network=ws.expected_network(ctx.network, db_names, app_networks, db_host),
@@ -578,6 +589,41 @@ def _orphan_container_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None
         )
 
 
+def boot_paths(project: str, script_dir: str | None = None, unit_dir: str | None = None) -> list[str]:
+    """The start script and the systemd unit the startup role installs for ``project`` (in its default
+    directories unless given)."""
+    script_dir = (script_dir or BOOT_SCRIPT_DIR).rstrip("/") or "/"
+    unit_dir = (unit_dir or BOOT_UNIT_DIR).rstrip("/") or "/"
+    return [
+        os.path.join(script_dir, f"qfieldcloud-start-{project}"),
+        os.path.join(unit_dir, f"qfieldcloud-{project}.service"),
+    ]
+
+
+def file_state(path: str) -> dict[str, Any]:
+    """``path`` as installed: whether it is a file, its permission bits (``"0755"``) and its SHA-1 (as
+    ``ansible.builtin.find`` and the ``hash('sha1')`` filter give them); ``None`` for what cannot be read."""
+    state: dict[str, Any] = {"path": path, "exists": False, "mode": None, "checksum": None}
+    try:
+        found = os.stat(path)
+    except OSError:
+        return state
+    state.update(exists=stat.S_ISREG(found.st_mode), mode=f"{stat.S_IMODE(found.st_mode):04o}")
+    if state["exists"]:
+        try:
+            with open(path, "rb") as handle:
+                state["checksum"] = hashlib.sha1(handle.read()).hexdigest()
+        except OSError:
+            pass
+    return state
+
+
+def _boot_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
+    """What brings the stack up at boot: the start script and the unit as installed, and a running systemd."""
+    paths = boot_paths(ctx.project, ctx.opts.get("boot_script_dir"), ctx.opts.get("boot_unit_dir"))
+    facts["boot"] = {"systemd": os.path.isdir(SYSTEMD_RUNTIME_DIR), "files": [file_state(p) for p in paths]}
+
+
 def gather(options: dict[str, Any]) -> dict[str, Any]:
     """Gather facts, detect problems; return ``{"facts", "problems", "sync_ready"}``, all redacted."""
     opts = dict(DEFAULTS)
@@ -616,6 +662,10 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             "job_network": settings["job_network"],
             "job_network_source": settings["job_network_source"],
             "environment": settings["environment"],
+            # What the compose files define (build-only services such as qgis3 included) and the database host
+            # the app is given; the database service is added from the engine's names (_worker_facts).
+            "services": settings["services"],
+            "postgres_host": dotenv.get("POSTGRES_HOST") or None,
         },
         "checks_skipped": sorted(skip),
     }
@@ -627,6 +677,7 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
     _client_facts(ctx, facts)
     _cron_facts(ctx, facts)
     _orphan_container_facts(ctx, facts)
+    _boot_facts(ctx, facts)
     db = facts["database"]
     db.pop("job_statuses", None)
     db.pop("cron_last", None)

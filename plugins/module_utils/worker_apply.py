@@ -391,10 +391,9 @@ def compose_world(run: WorkerRun, engine: Engine, project: dict, cli: compose_mo
     return world
 
 
-def run_compose(run: WorkerRun, engine: Engine, project: dict, timeout: float) -> dict[str, Any]:
+def run_compose(run: WorkerRun, engine: Engine, project: dict, cli: compose_mod.ComposeCli) -> dict[str, Any]:
     """Plan compose mode, then (outside check mode) drain, write the files, run compose and verify."""
     params = run.params
-    cli = compose_mod.ComposeCli(project["project_dir"], params.get("docker_host"), timeout=timeout)
     world = compose_world(run, engine, project, cli)
     service, replicas = world["service"], world["replicas"]
     plan = wp.plan(params, run.check, {**world, "mode": "compose"}, run.plan)
@@ -409,7 +408,7 @@ def run_compose(run: WorkerRun, engine: Engine, project: dict, timeout: float) -
     scope["running"] = (params.get("state") or "started") != "stopped"
     if run.check or not plan["actions"]:
         return scope
-    apply_compose(run, engine, cli, world, scope, timeout)
+    apply_compose(run, engine, cli, world, scope, cli.timeout)
     return scope
 
 
@@ -660,11 +659,15 @@ class WorkerRun:
             project = load_project(self.params)
             self.redactor.learn_env(project.get("dotenv") or {})
         recover = (self.params.get("orphaned_jobs") or "recover") != "keep"
-        # What the workers held before this run changes them: a replaced container takes its log along.
-        before = orphans_mod.worker_claims(engine, project["project_name"]) if recover and not self.check else None
+        cli = None
         if self.plan["details"]["mode"] == "compose":
             timeout = float(self.params.get("compose_timeout") or DEFAULT_COMPOSE_TIMEOUT)
-            scope = run_compose(self, engine, project, timeout)
+            cli = compose_mod.ComposeCli(project["project_dir"], self.params.get("docker_host"), timeout=timeout)
+            cli.prefetch_config()  # compose reads the project while the engine is read below
+        # What the workers held before this run changes them: a replaced container takes its log along.
+        before = orphans_mod.worker_claims(engine, project["project_name"]) if recover and not self.check else None
+        if cli is not None:
+            scope = run_compose(self, engine, project, cli)
         else:
             scope = run_standalone(self, engine, project, state)
         if scope.get("running") and recover:

@@ -124,6 +124,19 @@ options:
       - Written atomically (temporary file in the same directory, then rename); an existing file keeps its mode, a
         new one gets C(0644). The directory must exist. Not written in check mode.
     type: path
+  boot_script_dir:
+    description:
+      - Where the start script C(qfieldcloud-start-<project>) that brings the stack up at boot is installed (the
+        role fibreflow.qfieldcloud.startup's C(qfieldcloud_startup_boot_script_dir)), reported in
+        RV(ansible_facts.qfc_sync.boot). Reading it changes nothing.
+      - Default C(/usr/local/sbin).
+    type: path
+  boot_unit_dir:
+    description:
+      - Where the systemd unit C(qfieldcloud-<project>.service) is installed (the startup role's
+        C(qfieldcloud_startup_boot_unit_dir)), reported in RV(ansible_facts.qfc_sync.boot).
+      - Default C(/etc/systemd/system).
+    type: path
   skip:
     description:
       - Checks a site does not have or does not want.
@@ -325,6 +338,16 @@ ansible_facts:
             database_service:
               description: The compose service the worker's C(POSTGRES_HOST) resolves to, or null when it is outside
                 the project.
+              type: str
+              sample: db
+            services:
+              description: The services the compose files define, sorted, build-only ones (C(qgis3), C(qgis4))
+                included; read from the files without running compose.
+              type: list
+              elements: str
+              sample: [app, db, memcached, nginx, ofelia, qgis3, qgis4, worker_wrapper]
+            postgres_host:
+              description: C(POSTGRES_HOST) as the running app has it, else as C(.env) sets it; null when unset.
               type: str
               sample: db
         thresholds:
@@ -1121,6 +1144,36 @@ ansible_facts:
               description: Why it is an orphan (V(container exited), V(job is failed), V(no worker is running), ...).
               type: str
               sample: no worker is running
+        boot:
+          description: What brings the stack up after a reboot (the start script in O(boot_script_dir), the unit in
+            O(boot_unit_dir)), and whether systemd runs the host.
+          type: dict
+          contains:
+            systemd:
+              description: Whether a systemd runs the host (C(/run/systemd/system) is a directory).
+              type: bool
+              sample: true
+            files:
+              description: The start script and the unit, as installed.
+              type: list
+              elements: dict
+              contains:
+                path:
+                  description: The path.
+                  type: str
+                  sample: /etc/systemd/system/qfieldcloud-qfieldcloud.service
+                exists:
+                  description: Whether it is a regular file.
+                  type: bool
+                  sample: true
+                mode:
+                  description: Its permission bits in octal, null when absent.
+                  type: str
+                  sample: "0644"
+                checksum:
+                  description: The SHA-1 of its content, null when absent or unreadable.
+                  type: str
+                  sample: 7c211433f02071597741e6ff5a8ea34789abbf43
         checks_skipped:
           description: The checks skipped (O(skip)).
           type: list
@@ -1164,6 +1217,8 @@ def main() -> None:
             log_lines={"type": "int", "default": 200},
             log_tail_lines={"type": "int", "default": 5},
             prometheus_textfile={"type": "path"},
+            boot_script_dir={"type": "path"},
+            boot_unit_dir={"type": "path"},
             skip={"type": "list", "elements": "str", "choices": list(CHECKS), "default": []},
         ),
         supports_check_mode=True,

@@ -543,3 +543,30 @@ def test_stop_idle_kills_nothing_when_the_database_cannot_be_read():
     fake = FakeReplicas(exits_on_term=set(), idle=None)
     assert fake.run(["w-1", "w-2"]) == {"w-1": "left", "w-2": "left"}
     assert fake.killed == []
+
+
+def fake_docker(tmp_path, body: str):
+    """A ``docker`` that appends its arguments to calls.log and then runs ``body`` (sh)."""
+    script = tmp_path / "docker"
+    script.write_text(f'#!/bin/sh\necho "$*" >> {tmp_path}/calls.log\n{body}\n')
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_prefetched_config_is_run_once_and_its_errors_raised_when_taken(tmp_path):
+    cli = compose.ComposeCli(str(tmp_path), docker_bin=fake_docker(tmp_path, 'echo \'{"services": {"app": {}}}\''))
+    cli.prefetch_config()
+    assert cli.config() == {"services": {"app": {}}}
+    # the next config runs compose again (the files may have changed meanwhile)
+    assert cli.config() == {"services": {"app": {}}}
+    assert len((tmp_path / "calls.log").read_text().splitlines()) == 2
+    failing = compose.ComposeCli(str(tmp_path), docker_bin=fake_docker(tmp_path, "echo 'yaml: line 3' >&2; exit 15"))
+    failing.prefetch_config()
+    with pytest.raises(compose.ComposeError, match=r"failed \(exit 15\): yaml: line 3"):
+        failing.config()
+
+
+def test_a_prefetch_not_taken_is_not_used_for_another_command(tmp_path):
+    cli = compose.ComposeCli(str(tmp_path), docker_bin=fake_docker(tmp_path, 'echo "$*"'))
+    cli.prefetch_config()
+    assert cli.run("config", "--hash", "app").strip().endswith("config --hash app")

@@ -175,6 +175,14 @@ def test_compose_service_images_follow_image_keys_and_interpolation(tmp_path):
         "worker_wrapper": "opengisch/qfieldcloud-worker-wrapper:v26.26",
     }
     assert envfile.compose_service_images(files[:1], {}) == {"app": "opengisch/qfieldcloud-app:v26.25"}
+    # Every service is defined, with or without an image: build-only ones (qgis3) have no container to show them.
+    assert envfile.compose_services(files, {"QFC_TAG": "v26.26"}) == {
+        "app": "opengisch/qfieldcloud-app:v26.26",
+        "worker_wrapper": "opengisch/qfieldcloud-worker-wrapper:v26.26",
+        "qgis3": None,
+    }
+    write(tmp_path / ".env", "COMPOSE_FILE=docker-compose.yml:docker-compose.prebuilt.yml\n")
+    assert envfile.project_settings(str(tmp_path))["services"] == ["app", "qgis3", "worker_wrapper"]
 
 
 def test_interpolate_like_compose():

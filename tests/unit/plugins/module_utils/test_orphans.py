@@ -324,3 +324,58 @@ def test_jobs_orphaned_needs_proof():
     for facts in (held_by_container, no_log, unreadable, nobody):
         assert "jobs_orphaned" not in {p["code"] for p in problems.detect_problems(facts)}
         assert orphans.find_in_facts(facts) == []
+
+
+INSPECT_WORKER = {
+    "Id": "0123456789abcdef",
+    "Name": "/q-worker_wrapper-1",
+    "Created": "2025-01-01T00:00:00.1Z",
+    "Image": "sha256:w",
+    "RestartCount": 0,
+    "State": {"Status": "running", "Running": True, "Restarting": False, "StartedAt": "2025-01-01T00:00:01Z"},
+    "Config": {
+        "User": "root",
+        "Image": "q-worker_wrapper",
+        "Env": ["POSTGRES_HOST=db"],
+        "Cmd": ["python3", "manage.py", "dequeue"],
+        "Labels": {"com.docker.compose.service": "worker_wrapper", "com.docker.compose.project": "q"},
+    },
+    "HostConfig": {"RestartPolicy": {"Name": "unless-stopped"}},
+    "NetworkSettings": {"Ports": {}, "Networks": {"q_default": {"IPAddress": "172.18.0.5"}}},
+    "Mounts": [],
+}
+
+
+def test_worker_claims_inspect_no_other_compose_projects_worker():
+    """On a host with several stacks, only this project's workers (and hand-started ones) are inspected."""
+    import copy
+
+    ours = copy.deepcopy(INSPECT_WORKER)
+    other = copy.deepcopy(INSPECT_WORKER)
+    other["Id"] = "fedcba9876543210"
+    other["Config"]["Labels"]["com.docker.compose.project"] = "other"
+
+    class Engine:
+        def __init__(self):
+            self.inspected: list[str] = []
+
+        def containers(self):
+            return [
+                {"Id": ours["Id"], "Command": "python3 manage.py dequeue", "Labels": ours["Config"]["Labels"]},
+                {"Id": other["Id"], "Command": "python3 manage.py dequeue", "Labels": other["Config"]["Labels"]},
+            ]
+
+        def inspect(self, cid):
+            self.inspected.append(cid)
+            return {ours["Id"]: ours, other["Id"]: other}[cid]
+
+        def logs(self, cid, tail):
+            return "2025-01-01T00:00:02.000000000Z Dequeue QFieldCloud Jobs from the DB\n"
+
+        def job_containers(self):
+            return []
+
+    engine = Engine()
+    claims = orphans.worker_claims(engine, "q")
+    assert engine.inspected == [ours["Id"]]
+    assert [w["name"] for w in claims["workers"]] == ["q-worker_wrapper-1"]

@@ -144,3 +144,45 @@ def test_local_hosts(host):
 def test_public_hosts_are_not_local():
     assert not sync_facts.is_local_host("qfc.example.org")
     assert not sync_facts.is_local_host("192.168.1.10")
+
+
+def test_boot_files_are_read_as_find_and_the_sha1_filter_see_them(tmp_path):
+    import hashlib
+    from types import SimpleNamespace
+
+    script = tmp_path / "qfieldcloud-start-demo"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o750)
+    missing = tmp_path / "qfieldcloud-demo.service"
+    ctx = SimpleNamespace(opts={"boot_script_dir": str(tmp_path), "boot_unit_dir": f"{tmp_path}/"}, project="demo")
+    facts: dict = {}
+    sync_facts._boot_facts(ctx, facts)
+    (tmp_path / "qfieldcloud-start-dir").mkdir()
+    dir_state = sync_facts.file_state(str(tmp_path / "qfieldcloud-start-dir"))
+    assert facts["boot"]["files"] == [
+        {
+            "path": str(script),
+            "exists": True,
+            "mode": "0750",
+            "checksum": hashlib.sha1(b"#!/bin/sh\nexit 0\n").hexdigest(),
+        },
+        {"path": str(missing), "exists": False, "mode": None, "checksum": None},
+    ]
+    # A directory where a file belongs is not the file.
+    assert dir_state["exists"] is False and dir_state["checksum"] is None
+    assert isinstance(facts["boot"]["systemd"], bool)
+    # Without the option: the paths the startup role installs by default.
+    assert sync_facts.boot_paths("demo") == [
+        "/usr/local/sbin/qfieldcloud-start-demo",
+        "/etc/systemd/system/qfieldcloud-demo.service",
+    ]
+
+
+def test_default_boot_paths_are_the_startup_roles_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    defaults = yaml.safe_load((Path(__file__).resolve().parents[4] / "roles/startup/defaults/main.yml").read_text())
+    assert defaults["qfieldcloud_startup_boot_script_dir"] == sync_facts.BOOT_SCRIPT_DIR
+    assert defaults["qfieldcloud_startup_boot_unit_dir"] == sync_facts.BOOT_UNIT_DIR
