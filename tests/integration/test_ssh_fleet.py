@@ -329,6 +329,7 @@ def test_two_field_servers_over_ssh_diagnose_repair_and_drift_check(sshd, stacks
         assert setup["ansible_facts"]["ansible_user_id"] == "root", "become did not make the tasks root"
     logins = sshd.logins()
     assert all(logins.values()), f"no ssh login of {USER} on some address: {logins}\n{sshd.log.read_text()[-2000:]}"
+    print(f"key logins of {USER} by address after prerequisites.yml: {logins}")
 
     # Converge both (a fresh stand-in gets the worker override and the boot files), so that the repair below is the
     # only change. The verify role's probe job is left out of both site.yml runs (time); a job is run after the repair.
@@ -343,6 +344,7 @@ def test_two_field_servers_over_ssh_diagnose_repair_and_drift_check(sshd, stacks
     assert read[HEALTHY]["problems"] == []
     assert read[BROKEN]["sync_ready"] is False
     assert CODE in {p["code"] for p in read[BROKEN]["problems"]}, read[BROKEN]["problems"]
+    print("diagnose.yml over ssh:\n" + recap_lines(diagnose))
     stats = recap_of(diagnose)
     assert stats[BROKEN]["failures"] == 1 and stats[HEALTHY]["failures"] == 0, recap_lines(diagnose)
 
