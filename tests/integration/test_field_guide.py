@@ -200,6 +200,9 @@ def test_worker_problem_carries_its_log_lines_masked_into_the_drift_report(stack
     assert any("could not translate host name" in entry for entry in item["evidence"]["log"])
     markdown = (report_dir / "drift-report.md").read_text()
     assert "Worker log behind `worker_db_host_wrong`" in markdown
+    # the table shows the evidence as text, its log lines below the table
+    row = next(line for line in markdown.splitlines() if line.startswith("| `worker_db_host_wrong` |"))
+    assert f"| container: {problem['evidence']['container']}; field: " in row and '{"' not in row, row
     for text in (json.dumps(doc), markdown, res.output):
         for secret in stack.secrets():
             assert secret not in text
