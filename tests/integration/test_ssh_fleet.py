@@ -6,7 +6,9 @@ and a client key made here, a non-root user ``qfcssh`` that becomes root through
 and a known_hosts file holding the host key (host key checking stays on). Each inventory host points at its own
 stand-in stack; no ``ansible_python_interpreter`` is set, so interpreter discovery finds the server's system
 Python (ansible-core 2.19 names /usr/bin/python3.11 on Debian 12, the file /usr/bin/python3 points to), whose
-libraries the prerequisites playbook installs first, as a user would.
+libraries the prerequisites playbook installs first, as a user would: the distro's python3-docker 5.0.x and
+python3-psycopg2 2.9.x (check mode first where they are missing, which installs nothing; a second run changes
+nothing). Every module call of the layer runs with those versions; verify.yml at the end runs a probe job.
 
 Then, over ``ansible_connection: ssh`` with ``-f 5``: site.yml converges both hosts, one host's worker is broken
 (``worker-stopped``), diagnose.yml reports that host and not the other, site.yml repairs it (changed there,
@@ -311,10 +313,37 @@ def recap_lines(doc: dict) -> str:
     )
 
 
+def system_version(module: str) -> str | None:
+    """The version of ``module`` under the server's system Python (None: it cannot import it)."""
+    res = subprocess.run(
+        [SYSTEM_PYTHON_FILE, "-c", f"import {module}; print({module}.__version__.split()[0])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
 def test_two_field_servers_over_ssh_diagnose_repair_and_drift_check(sshd, stacks, inventory):
     # The prerequisites first, as a user does on new servers: the distro's libraries for the discovered Python.
+    # Where they are missing (a fresh CI machine), check mode says it would install them and installs nothing.
+    before = (system_version("docker"), system_version("psycopg2"))
+    if None in before:
+        check = fleet_play("playbooks/prerequisites.yml", inventory, sshd, stacks, "--check")
+        assert check["rc"] == 0, check["output"][-3000:]
+        assert all(s["changed"] >= 1 for s in recap_of(check).values()), recap_lines(check)
+        assert (system_version("docker"), system_version("psycopg2")) == before, "check mode installed something"
     prereq = fleet_play("playbooks/prerequisites.yml", inventory, sshd, stacks)
     assert prereq["rc"] == 0, prereq["output"][-3000:]
+    # The distro's own packages (Debian 12: python3-docker 5.0.3, python3-psycopg2 2.9.5), the oldest versions the
+    # README promises, are what the modules run with from here on; the role names them, and a second run changes
+    # nothing.
+    docker_version, psycopg2_version = system_version("docker"), system_version("psycopg2")
+    assert docker_version and docker_version.startswith("5.0."), docker_version
+    assert psycopg2_version and psycopg2_version.startswith("2.9."), psycopg2_version
+    assert f"with docker {docker_version} and psycopg2 {psycopg2_version}" in " ".join(prereq["output"].split())
+    again = fleet_play("playbooks/prerequisites.yml", inventory, sshd, stacks)
+    assert again["rc"] == 0 and all(s["changed"] == 0 for s in recap_of(again).values()), recap_lines(again)
     for host, results in by_host(prereq).items():
         discovered = [
             r["ansible_facts"]["discovered_interpreter_python"]
@@ -384,3 +413,8 @@ def test_two_field_servers_over_ssh_diagnose_repair_and_drift_check(sshd, stacks
         assert entry["verdict"]["sync"] is True, (host, entry["verdict"])
     assert report["exit_status"] == 0 and report["run"]["check_mode"] is True
     assert all(s["changed"] == 0 and s["failures"] == 0 for s in recap_of(drift).values()), recap_lines(drift)
+
+    # verify.yml on the repaired host, over SSH with the distro's libraries: the probe job finishes.
+    verify = fleet_play("playbooks/verify.yml", inventory, sshd, stacks, "--limit", BROKEN)
+    assert verify["rc"] == 0, verify["output"][-3000:]
+    assert verify["stats"][BROKEN]["failures"] == 0 and HEALTHY not in verify["stats"], verify["stats"]
