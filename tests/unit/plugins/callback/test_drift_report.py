@@ -534,3 +534,15 @@ def test_drift_report_markdown_shows_the_worker_log():
     # the verdict line is a list item: the table after it needs a blank line, or Markdown renders no table
     verdict, table = text.index("- **SYNC BLOCKED**"), text.index("| Code | Severity |")
     assert verdict < table and text[text.rindex("\n", 0, table - 1) : table] == "\n\n"
+
+
+def test_the_ansible_playbook_of_the_scripts_own_venv_is_the_default(wrapper, tmp_path, monkeypatch):
+    """cron starts ~/qfc/bin/python .../qfc-drift-check without the venv on PATH: its ansible-playbook is found."""
+    venv_bin = tmp_path / "venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "ansible-playbook").write_text("#!/bin/sh\n")
+    (venv_bin / "ansible-playbook").chmod(0o755)
+    monkeypatch.setattr(wrapper.sys, "executable", str(venv_bin / "python"))
+    assert wrapper.default_ansible_playbook() == str(venv_bin / "ansible-playbook")
+    (venv_bin / "ansible-playbook").unlink()
+    assert wrapper.default_ansible_playbook() == "ansible-playbook"
