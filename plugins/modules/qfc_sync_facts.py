@@ -240,6 +240,7 @@ problems:
       remedy: "`ansible-playbook fibreflow.qfieldcloud.site` (qfc_worker enforces user root in its compose override),
         or set `user: root` on worker_wrapper and `cd /opt/qfieldcloud && docker compose up -d --no-deps
         worker_wrapper`."
+      repaired_by: site.yml
   contains:
     code:
       description: Stable snake_case problem code.
@@ -272,6 +273,12 @@ problems:
       type: str
       sample: "`ansible-playbook fibreflow.qfieldcloud.site` (role fibreflow.qfieldcloud.worker), or
         `cd /opt/qfieldcloud && docker compose up -d --no-deps worker_wrapper`."
+    repaired_by:
+      description:
+        - The playbook of the collection that repairs it with its defaults, V(site.yml) or V(maintenance.yml); null
+          when none does (the remedy says what a person does, for example starting Docker).
+      type: str
+      sample: site.yml
 prometheus_textfile_written:
   description: Whether the metrics file was written (false in check mode or when O(prometheus_textfile) is not set).
   returned: always
