@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo samples clean docs test-docs release-venv test-importer test-matrix
+	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo samples clean docs test-docs release-venv test-importer test-matrix syntax-check
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -60,7 +60,8 @@ help:
 	@echo 'make docs              the documentation site (antsibull-docs, Sphinx) in tests/output/docs/html'
 	@echo 'make test-docs         make docs, then check that every plugin, role and guide has its page'
 	@echo 'make test-importer     galaxy-importer on the built tarball; fails on any warning'
-	@echo 'make test-matrix       unit tests and sanity under each supported ansible-core (MATRIX_CORES)'
+	@echo 'make test-matrix       unit tests, sanity and syntax-check under each older supported ansible-core'
+	@echo 'make syntax-check      ansible-playbook --syntax-check of every playbook'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 	@echo 'make samples           docs/samples/: diagnose.yml output and a drift report of a broken stand-in'
 
@@ -122,7 +123,7 @@ get-pip-standin:
 # The ansible-core releases the collection supports on the controller (meta/runtime.yml requires_ansible and the
 # roles' min_ansible_version say the oldest). .venv/ holds the newest; each older one gets its own venv with the
 # latest patch release of that line, and runs the unit tests and ansible-test sanity as `make test` does.
-MATRIX_CORES ?= 2.17 2.18
+MATRIX_CORES ?= 2.18
 MATRIX_REQUIREMENTS := requirements-matrix.txt
 
 test-matrix:
@@ -140,12 +141,31 @@ test-matrix:
 	  version=$$($$venv/bin/ansible --version | head -1)
 	  echo "=== test-matrix: $$version"
 	  $(MAKE) get-pip-standin VENV=$$venv >/dev/null
-	  for layer in test-unit sanity; do
+	  for layer in test-unit sanity syntax-check; do
 	    if $(MAKE) $$layer BIN=$(CURDIR)/$$venv/bin; then result=ok; else result=FAILED; failed+=("$$core:$$layer"); fi
 	    echo "test-matrix: $$version $$layer $$result"
 	  done
 	done
 	if [ $${#failed[@]} -gt 0 ]; then echo "test-matrix FAILED: $${failed[*]}" >&2; exit 1; fi
+
+# Every playbook, and every task file of every role, parsed by this ansible-core: a keyword an older release does
+# not know fails here, not on a field server. --syntax-check does not follow dynamic includes (include_tasks,
+# include_role), so each task file is also imported statically, with import_role and tasks_from, in a generated
+# playbook. community.docker comes from the `ansible` package of .venv/ (a matrix venv holds ansible-core alone).
+SYNTAX_COLLECTIONS = ./collections:$(shell $(CURDIR)/$(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+SYNTAX_PLAYBOOK := $(OUTPUT)/syntax-check/every-task-file.yml
+syntax-check:
+	@mkdir -p $(dir $(SYNTAX_PLAYBOOK))
+	{ echo '- name: Every task file of every role'; echo '  hosts: all'; echo '  gather_facts: false'; echo '  tasks:'
+	  for file in roles/*/tasks/*.yml; do
+	    role=$$(basename "$$(dirname "$$(dirname "$$file")")"); name=$$(basename "$$file" .yml)
+	    echo "    - name: $$role $$name"
+	    echo "      ansible.builtin.import_role: {name: fibreflow.qfieldcloud.$$role, tasks_from: $$name}"
+	  done; } > $(SYNTAX_PLAYBOOK)
+	for playbook in playbooks/*.yml $(SYNTAX_PLAYBOOK); do
+	  ANSIBLE_COLLECTIONS_PATH=$(SYNTAX_COLLECTIONS) $(BIN)/ansible-playbook --syntax-check -i localhost, "$$playbook" >/dev/null
+	done
+	echo "syntax-check: $$(ls playbooks/*.yml | wc -l) playbooks and $$(ls roles/*/tasks/*.yml | wc -l) task files parse under $$($(BIN)/ansible --version | head -1)"
 
 # ---------------------------------------------------------------------------------------------------------
 # documentation site
@@ -238,7 +258,7 @@ test-importer: release-venv build
 # Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
 test: setup
 	@failed=()
-	layers=(test-unit sanity lint build changelog-lint test-matrix test-prometheus test-docs test-importer)
+	layers=(test-unit sanity lint syntax-check build changelog-lint test-matrix test-prometheus test-docs test-importer)
 	$(if $(call has_tests,tests/integration),layers+=(test-integration))
 	$(if $(call has_tests,tests/harness),layers+=(test-harness))
 	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))

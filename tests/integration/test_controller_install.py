@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -62,12 +63,15 @@ def test_five_minutes_on_a_fresh_server_as_the_readme_says(tmp_path):
     stack = Stack(f"fm{uuid.uuid4().hex[:5]}")
     stack.down()
     outputs: list[str] = []
+    timings: list[str] = []
     try:
         standin("up", "--name", stack.name, "--dir", str(stack.dir), "--no-seed")
         # 1. In a checkout (a clone: what is committed).
         checkout = home / "qfieldcloud"
         sh(["git", "clone", "-q", str(REPO), str(checkout)], home, env)
+        started = time.monotonic()
         res = bash(install, checkout, env)
+        timings.append(f"{time.monotonic() - started:6.1f} s  rc={res.returncode}  (in the checkout) {install.strip()}")
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         assert "fibreflow.qfieldcloud:" in res.stdout and "community.docker" in res.stdout, res.stdout[-2000:]
         assert (home / ".ansible/collections/ansible_collections/fibreflow/qfieldcloud/galaxy.yml").exists() is False
@@ -97,7 +101,9 @@ def test_five_minutes_on_a_fresh_server_as_the_readme_says(tmp_path):
         write_inventory()
 
         def step(script: str, stdin: str | None = None, env_: dict | None = None) -> subprocess.CompletedProcess:
+            started = time.monotonic()
             done = bash(script, home, env_ or venv, stdin)
+            timings.append(f"{time.monotonic() - started:6.1f} s  rc={done.returncode}  {script.strip()}")
             outputs.append(done.stdout + done.stderr)
             return done
 
@@ -145,3 +151,6 @@ def test_five_minutes_on_a_fresh_server_as_the_readme_says(tmp_path):
             assert_no_secret(stack, out, f"output {i} of the five-minute route")
     finally:
         remove_stack(stack)
+        # what each command of the route took, for the record (tests/output/five-minutes.txt)
+        (REPO / "tests/output").mkdir(exist_ok=True)
+        (REPO / "tests/output/five-minutes.txt").write_text("\n".join(timings) + "\n")

@@ -100,7 +100,7 @@ def test_build_ignores_local_state(galaxy):
 
 def test_requires_ansible_covers_the_pinned_core(runtime):
     requirement = runtime["requires_ansible"]
-    assert requirement == ">=2.17.0"
+    assert requirement == ">=2.18.0"
     import ansible.release
 
     assert LooseVersion(ansible.release.__version__) >= LooseVersion(requirement.lstrip(">="))
