@@ -287,7 +287,7 @@ PYTEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 test-integration:
-	$(BIN)/pytest $(XDIST) --durations=15 -m "not disruptive" tests/integration
+	$(BIN)/pytest $(XDIST) --durations=40 -m "not disruptive" tests/integration
 
 # Restarts the Docker daemon: the last layer of `make test`, alone on the engine. Tests are ordered by this marker,
 # never by file name: tests/conftest.py also puts disruptive tests after all others in any session.
@@ -314,7 +314,7 @@ test-order:
 	mkdir -p $(dir $(COLLECTION_LINK))
 	ln -s ../../.. $(COLLECTION_LINK)
 	echo "test-order: $(ORDER) order, HEAD $$(git rev-parse --short HEAD), from $$deep ($${#deep} characters)"
-	$(BIN)/pytest $(XDIST) -p no:cacheprovider --durations=15 -m "not disruptive" --test-order=$(ORDER) $(ORDER_TESTS)
+	$(BIN)/pytest $(XDIST) -p no:cacheprovider --durations=40 -m "not disruptive" --test-order=$(ORDER) $(ORDER_TESTS)
 
 test-harness:
 	$(BIN)/pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n 3 --dist load) --durations=10 tests/harness
