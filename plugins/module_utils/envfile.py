@@ -25,6 +25,13 @@ import os
 import re
 from typing import Any
 
+try:  # PyYAML is not always on a server's Python: without it the compose files are not checked here
+    import yaml
+
+    HAS_YAML = True
+except ImportError:  # pragma: no cover - depends on the host
+    HAS_YAML = False
+
 DEFAULT_PROJECT_NAME = "qfieldcloud"
 DEFAULT_WORKER_REPLICAS = 1
 DEFAULT_WORKER_TIMEOUT_S = 600
@@ -221,6 +228,27 @@ def compose_services(files: list[str], env: dict[str, str]) -> dict[str, str | N
                 if value:
                     services[service] = interpolate(value, env)
     return services
+
+
+def compose_yaml_error(files: list[str]) -> str | None:
+    """Why the compose files are not YAML compose can read (the first file that fails, and where), or ``None``.
+
+    Syntax only: compose itself checks the schema and the interpolation when it runs. Call it only with
+    :data:`HAS_YAML`.
+    """
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                doc = yaml.safe_load(handle)
+        except OSError as exc:
+            return f"{path}: {exc.strerror or exc}"
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            return f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}"
+        if doc is not None and not isinstance(doc, dict):
+            return f"{path}: not a compose file (its top level is not a mapping)"
+    return None
 
 
 def compose_service_images(files: list[str], env: dict[str, str]) -> dict[str, str]:

@@ -666,6 +666,9 @@ def gather(options: dict[str, Any]) -> dict[str, Any]:
             # the app is given; the database service is added from the engine's names (_worker_facts).
             "services": settings["services"],
             "postgres_host": dotenv.get("POSTGRES_HOST") or None,
+            # Whether the compose files were checked to be YAML (PyYAML present), and why they are not.
+            "compose_checked": envfile.HAS_YAML,
+            "compose_error": envfile.compose_yaml_error(settings["compose_files"]) if envfile.HAS_YAML else None,
         },
         "checks_skipped": sorted(skip),
     }

@@ -357,6 +357,15 @@ ansible_facts:
               description: C(POSTGRES_HOST) as the running app has it, else as C(.env) sets it; null when unset.
               type: str
               sample: db
+            compose_checked:
+              description: Whether the compose files were parsed as YAML here (PyYAML importable on the host).
+              type: bool
+              sample: true
+            compose_error:
+              description: Why a compose file is not YAML compose can read (file, line and column), or null. Syntax
+                only; compose checks the rest when it runs.
+              type: str
+              sample: null
         thresholds:
           description: The limits the problems were judged with.
           type: dict

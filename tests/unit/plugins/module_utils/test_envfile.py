@@ -225,3 +225,17 @@ def test_the_default_compose_files_are_one_list(tmp_path):
         str(tmp_path / "compose.yaml"),
         str(tmp_path / "compose.override.yaml"),
     ]
+
+
+def test_compose_files_that_are_not_yaml_are_named_with_the_place(tmp_path):
+    good = tmp_path / "docker-compose.yml"
+    good.write_text("services:\n  app:\n    image: x\n")
+    assert envfile.compose_yaml_error([str(good)]) is None
+    broken = tmp_path / "docker-compose.override.yml"
+    broken.write_text("services:\n  oops: [unclosed\n  app:\n    image: y\n")
+    error = envfile.compose_yaml_error([str(good), str(broken)])
+    assert error.startswith(f"{broken}: not valid YAML (line ") and "column" in error, error
+    scalar = tmp_path / "scalar.yml"
+    scalar.write_text("just a string\n")
+    assert "top level is not a mapping" in envfile.compose_yaml_error([str(scalar)])
+    assert "No such file" in envfile.compose_yaml_error([str(tmp_path / "missing.yml")])
