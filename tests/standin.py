@@ -19,6 +19,8 @@ STANDIN = REPO / "tests" / "harness" / "standin"
 STANDIN_LABEL = "fibreflow.standin"
 # What the collection writes into a project directory: the worker override and the .env backups.
 WORKER_OVERRIDE = "docker-compose.override.fibreflow-worker.yml"
+# Services whose containers exit by themselves right after starting: upstream's qgis services only build images.
+ONE_SHOT_SERVICES = ("qgis3", "qgis4")
 SECRET_KEYS = (
     "POSTGRES_PASSWORD",
     "SECRET_KEY",
@@ -97,7 +99,31 @@ class Stack:
         res = subprocess.run(["docker", "compose", *args], cwd=self.dir, text=True, check=False, capture_output=True)
         if check and res.returncode != 0:
             raise RuntimeError(f"docker compose {' '.join(args)} failed:\n{res.stderr}")
+        if res.returncode == 0 and args[:1] == ("up",) and "-d" in args:
+            self.settle_one_shots()
         return res
+
+    def settle_one_shots(self, timeout: float = 30) -> None:
+        """Wait until the QGIS services' containers have exited, as they do right after ``compose up``.
+
+        Upstream's qgis services only build the image; ``compose up -d`` starts their containers anyway and
+        they exit a moment later. A test that snapshots the stack right after ``up`` must not see that exit
+        as a change made by what it tests.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [
+                cid
+                for service in ONE_SHOT_SERVICES
+                for cid in _docker_ids(
+                    *("--filter", f"label=com.docker.compose.project={self.name}"),
+                    *("--filter", f"label=com.docker.compose.service={service}"),
+                    *("--filter", "status=running"),
+                )
+            ]
+            if not running or time.monotonic() > deadline:
+                return
+            time.sleep(0.2)
 
     def containers(self, service: str, all_: bool = True) -> list[str]:
         """Full ids of the service's containers (running only when all_ is false)."""
