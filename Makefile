@@ -256,20 +256,59 @@ test-importer: release-venv build
 # tests
 
 # Runs every layer that exists, even after one fails, then prints a summary and fails when any failed.
+# Layers that spend much of their time waiting run side by side in lanes, each lane one layer after the other, so a
+# group takes about its longest lane instead of the sum; a lane's output is printed whole, layer by layer, once the
+# group ends. The groups, in order:
+#   1. the layers that start no stand-in, in two lanes (pip, ansible-test's start-up and Sphinx leave the cores
+#      half idle): sanity, syntax-check and test-matrix share files and stay in one lane, as do build before
+#      test-importer and the release venv's test-docs and test-importer;
+#   2. test-integration alone: it keeps both cores busy by itself (three pytest workers);
+#   3. test-harness beside test-molecule: each starts stacks of its own names and waits on them much of the time;
+#   4. test-disruptive alone: it restarts the Docker daemon.
+STATIC_LANES := "test-unit sanity syntax-check test-matrix" "lint build changelog-lint test-prometheus test-docs test-importer"
 test: setup
 	@failed=()
-	layers=(test-unit sanity lint syntax-check build changelog-lint test-matrix test-prometheus test-docs test-importer)
-	$(if $(call has_tests,tests/integration),layers+=(test-integration))
-	$(if $(call has_tests,tests/harness),layers+=(test-harness))
-	$(if $(MOLECULE_SCENARIOS),layers+=(test-molecule))
-	$(if $(shell grep -rl 'pytest.mark.disruptive' tests/integration 2>/dev/null),layers+=(test-disruptive))
 	summary=()
-	for layer in "$${layers[@]}"; do
-	  echo "=== make $$layer"
+	logs=$$(mktemp -d "$${TMPDIR:-/tmp}/fibreflow-qfieldcloud-layers.XXXXXX")
+	trap 'rm -rf "$$logs"' EXIT
+	# lanes "<layers of lane 1>" "<layers of lane 2>" ...: the lanes at once, then every layer's output and result.
+	lanes() {
+	  local lane layer start result seconds
+	  echo "=== at once: $$(printf '[%s] ' "$$@")"
 	  start=$$EPOCHREALTIME
-	  if $(MAKE) "$$layer"; then result=ok; else result=FAILED; failed+=("$$layer"); fi
-	  summary+=("$$(printf '%-18s %-7s %7ss' "$$layer" "$$result" "$(call elapsed,start)")")
-	done
+	  for lane in "$$@"; do
+	    ( for layer in $$lane; do
+	        local began=$$EPOCHREALTIME outcome=ok
+	        $(MAKE) "$$layer" > "$$logs/$$layer.log" 2>&1 < /dev/null || outcome=FAILED
+	        echo "$$outcome $(call elapsed,began)" > "$$logs/$$layer.result"
+	      done ) &
+	  done
+	  wait
+	  echo "=== the lanes took $(call elapsed,start)s"
+	  for lane in "$$@"; do
+	    for layer in $$lane; do
+	      echo "=== make $$layer"
+	      cat "$$logs/$$layer.log"
+	      read -r result seconds < "$$logs/$$layer.result" || { result=FAILED; seconds=0; }
+	      if [ "$$result" != ok ]; then failed+=("$$layer"); fi
+	      summary+=("$$(printf '%-18s %-7s %7ss  (beside another lane)' "$$layer" "$$result" "$$seconds")")
+	    done
+	  done
+	}
+	alone() {
+	  local start result
+	  echo "=== make $$1"
+	  start=$$EPOCHREALTIME
+	  if $(MAKE) "$$1"; then result=ok; else result=FAILED; failed+=("$$1"); fi
+	  summary+=("$$(printf '%-18s %-7s %7ss' "$$1" "$$result" "$(call elapsed,start)")")
+	}
+	lanes $(STATIC_LANES)
+	$(if $(call has_tests,tests/integration),alone test-integration)
+	beside=()
+	$(if $(call has_tests,tests/harness),beside+=(test-harness))
+	$(if $(MOLECULE_SCENARIOS),beside+=(test-molecule))
+	if [ $${#beside[@]} -gt 0 ]; then lanes "$${beside[@]}"; fi
+	$(if $(shell grep -rl 'pytest.mark.disruptive' tests/integration 2>/dev/null),alone test-disruptive)
 	echo "=== summary"
 	printf '%s\n' "$${summary[@]}"
 	if [ $${#failed[@]} -gt 0 ]; then echo "FAILED: $${failed[*]}" >&2; exit 1; fi
@@ -282,6 +321,8 @@ test-unit:
 # The Docker-backed suites run in parallel (pytest-xdist, whole files per worker: a file shares its private
 # stacks between its tests). Each worker has its own shared healthy stand-in. PYTEST_WORKERS=0 runs serially.
 # Tests marked `disruptive` (restarting the Docker daemon) run afterwards, alone on the engine.
+# FIBREFLOW_RUN_LOG=<file> appends one JSON line per playbook run, module run and stack start (with its test and
+# seconds): where the layer's time goes.
 # Three workers: four were slower on these 2-core machines (the layer is CPU-bound: 25.6 min against 23.4 min).
 PYTEST_WORKERS ?= 3
 XDIST = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)

@@ -69,7 +69,9 @@ class Stack:
     # -- lifecycle -------------------------------------------------------------
     def up(self, legacy: bool = False, replicas: int = 1) -> Stack:
         args = ["up", "--name", self.name, "--dir", str(self.dir), "--replicas", str(replicas)]
+        started = time.monotonic()
         standin(*args, *(["--legacy"] if legacy else []))
+        record_run("stack", "up", time.monotonic() - started)
         return self
 
     def down(self, images: bool = False) -> None:
@@ -305,6 +307,15 @@ class Pristine:
             self.stack.compose("up", "-d", "--timeout", "20", "--no-deps", *self.services)
         else:
             self.stack.compose("up", "-d", "--timeout", "20")
+
+
+def record_run(kind: str, what: str, seconds: float) -> None:
+    """One line per playbook, module run or stack start in $FIBREFLOW_RUN_LOG when set: where the suites' time goes."""
+    path = os.environ.get("FIBREFLOW_RUN_LOG")
+    if path:
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"kind": kind, "what": what, "seconds": round(seconds, 2), "test": test}) + "\n")
 
 
 def _docker_ids(*filters: str) -> list[str]:

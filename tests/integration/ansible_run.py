@@ -14,8 +14,11 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+from standin import record_run
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -78,7 +81,9 @@ def run_module(module: str, args: dict, check: bool = False, diff: bool = False,
     if diff:
         cmd.append("--diff")
     env = ansible_env(JSON_CALLBACK)
+    started = time.monotonic()
     res = subprocess.run(cmd, cwd=REPO, env=env, text=True, check=False, capture_output=True, timeout=timeout)
+    record_run("module", module + (" --check" if check else ""), time.monotonic() - started)
     try:
         doc = json.loads(res.stdout)
         result = doc["plays"][0]["tasks"][0]["hosts"]["localhost"]
@@ -108,7 +113,8 @@ def run_playbook(
     playbook: str, *args: str, extra_env: dict | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:
     """Run a playbook of the checkout; returns the completed process (stdout, stderr, returncode)."""
-    return subprocess.run(
+    started = time.monotonic()
+    res = subprocess.run(
         playbook_command(playbook, *args),
         cwd=REPO,
         env=ansible_env(extra_env),
@@ -117,6 +123,9 @@ def run_playbook(
         capture_output=True,
         timeout=timeout,
     )
+    flags = " ".join(a for a in args if a.startswith("--") and a not in ("--extra-vars",))
+    record_run("playbook", f"{playbook} {flags}".strip(), time.monotonic() - started)
+    return res
 
 
 # ------------------------------------------------------------------------------------------------ reading results
