@@ -32,6 +32,25 @@ try:  # PyYAML is not always on a server's Python: without it the compose files 
 except ImportError:  # pragma: no cover - depends on the host
     HAS_YAML = False
 
+# The tags compose adds to YAML for merging override files: ``!reset`` (drop what earlier files set) and
+# ``!override`` (replace instead of merge). A syntax check must take them as the values they tag.
+COMPOSE_YAML_TAGS = ("!reset", "!override")
+
+if HAS_YAML:
+
+    class _ComposeLoader(yaml.SafeLoader):  # pylint: disable=too-many-ancestors
+        """PyYAML's safe loader that also reads compose's merge tags."""
+
+    def _tagged(loader, node):
+        if isinstance(node, yaml.MappingNode):
+            return loader.construct_mapping(node)
+        if isinstance(node, yaml.SequenceNode):
+            return loader.construct_sequence(node)
+        return loader.construct_scalar(node)
+
+    for _tag in COMPOSE_YAML_TAGS:
+        _ComposeLoader.add_constructor(_tag, _tagged)
+
 DEFAULT_PROJECT_NAME = "qfieldcloud"
 DEFAULT_WORKER_REPLICAS = 1
 DEFAULT_WORKER_TIMEOUT_S = 600
@@ -239,7 +258,7 @@ def compose_yaml_error(files: list[str]) -> str | None:
     for path in files:
         try:
             with open(path, encoding="utf-8") as handle:
-                doc = yaml.safe_load(handle)
+                doc = yaml.load(handle, Loader=_ComposeLoader)  # a SafeLoader that also reads two tags
         except OSError as exc:
             return f"{path}: {exc.strerror or exc}"
         except yaml.YAMLError as exc:

@@ -1198,7 +1198,7 @@ ansible_facts:
         api_calls:
           description: Docker API calls this run made, per kind.
           type: dict
-          sample: {"container_lists": 1, "event_reads": 1, "image_lists": 1, "inspects": 11, "network_lists": 1}
+          sample: {"container_lists": 1, "event_reads": 1, "image_inspects": 4, "inspects": 11, "network_lists": 1}
         duration_s:
           description: Seconds the gathering took.
           type: float

@@ -239,3 +239,21 @@ def test_compose_files_that_are_not_yaml_are_named_with_the_place(tmp_path):
     scalar.write_text("just a string\n")
     assert "top level is not a mapping" in envfile.compose_yaml_error([str(scalar)])
     assert "No such file" in envfile.compose_yaml_error([str(tmp_path / "missing.yml")])
+
+
+def test_the_worker_override_with_compose_merge_tags_is_valid_yaml(tmp_path):
+    """The override qfc_worker writes uses compose's !override and !reset tags: a converged project must pass the
+    syntax check, or every later play asks compose for what its one read already knows."""
+    from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose
+
+    override = tmp_path / "docker-compose.override.fibreflow-worker.yml"
+    override.write_text(
+        compose.render_override(
+            "worker_wrapper", ["python", "manage.py", "dequeue"], "db", 2, external_network="jobs-net"
+        )
+    )
+    assert "!override" in override.read_text() and "!reset" in override.read_text()
+    assert envfile.compose_yaml_error([str(override)]) is None
+    unknown = tmp_path / "unknown-tag.yml"
+    unknown.write_text("services:\n  app: !nosuchtag {}\n")
+    assert "not valid YAML" in envfile.compose_yaml_error([str(unknown)])

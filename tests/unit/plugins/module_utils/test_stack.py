@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 from builders import CRASH_LOG
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine, logsigns, stack
@@ -191,15 +192,29 @@ def test_log_signs():
     assert logsigns.log_signs("")["dequeue_banner"] is False
 
 
-def test_images():
-    index = stack.image_index(
-        [
-            {"Id": "sha256:w", "RepoTags": ["qfieldcloud-worker_wrapper:latest"]},
-            {"Id": "sha256:d", "RepoTags": ["<none>:<none>"]},
-        ]
-    )
+def test_images_are_looked_up_by_name_once_and_an_id_prefix_is_not_a_name():
+    docs = {
+        "qfieldcloud-worker_wrapper": {"Id": "sha256:ab12", "RepoTags": ["qfieldcloud-worker_wrapper:latest"]},
+        # The daemon resolves a bare prefix of an id too: that is not an image of that name.
+        "ab": {"Id": "sha256:ab12", "RepoTags": ["qfieldcloud-worker_wrapper:latest"]},
+        "opengisch/qfieldcloud-qgis:v1": {
+            "Id": "sha256:cd34",
+            "RepoTags": ["opengisch/qfieldcloud-qgis:v1"],
+            "RepoDigests": ["opengisch/qfieldcloud-qgis@sha256:ee"],
+        },
+    }
+    asked = []
+
+    def inspect(name):
+        asked.append(name)
+        return docs.get(name)
+
+    index = stack.ImageIndex(inspect)
     assert stack.image_fact(index, "qfieldcloud-worker_wrapper")["present"] is True
-    assert stack.image_fact(index, "qfieldcloud-worker_wrapper:latest")["id"] == "sha256:w"
+    assert stack.image_fact(index, "docker.io/library/qfieldcloud-worker_wrapper:latest")["id"] == "sha256:ab12"
+    assert asked == ["qfieldcloud-worker_wrapper"], "one lookup per normalised name"
+    assert "ab" not in index
+    assert index["docker.io/opengisch/qfieldcloud-qgis:v1"]["id"] == "sha256:cd34"
     missing = stack.image_fact(index, "qfieldcloud-qgis3", "QFIELDCLOUD_QGIS3_IMAGE_NAME")
     assert missing == {
         "name": "qfieldcloud-qgis3",
@@ -207,6 +222,9 @@ def test_images():
         "id": None,
         "variable": "QFIELDCLOUD_QGIS3_IMAGE_NAME",
     }
+    assert index.lookups == 4
+    with pytest.raises(KeyError):
+        index["qfieldcloud-qgis3"]
 
 
 def test_orphan_jobs():
