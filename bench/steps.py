@@ -62,6 +62,8 @@ def load_module(name: str, path: Path):
 
 
 standin_py = load_module("bench_standin", REPO / "tests" / "standin.py")
+# ansible_run imports standin by name, as the test suites (rootdir tests/) find it.
+sys.path.insert(0, str(REPO / "tests"))
 # The environment the tests run ansible with (the checkout's ansible.cfg and collections/ link).
 ansible_env = load_module("bench_ansible_run", REPO / "tests" / "integration" / "ansible_run.py").ansible_env
 # The collection's module_utils import each other by their collection path (`make setup` links collections/).
