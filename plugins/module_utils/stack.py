@@ -297,7 +297,7 @@ class ImageIndex:
     """The images a read asks about, each looked up by name or id on first use and kept for the read.
 
     Not a listing of the host's images: ``GET /images/json`` costs the daemon time in proportion to every image it
-    holds (0.4 s with 2,400 images, as a long-lived build host or a test machine collects them), where the few
+    holds (0.4 s with about 2,500 images, as a long-lived build host or a test machine collects them), where the few
     names a read asks about cost a few milliseconds each. ``inspect(name)`` returns the image's inspect document
     or ``None`` when there is no such image. A name counts only when it is one of the image's tags or digests, or
     its id: the daemon also resolves a bare prefix of an id, which is not a name.
