@@ -113,17 +113,12 @@ class Stack:
         as a change made by what it tests.
         """
         deadline = time.monotonic() + timeout
+        # One listing per poll: the services of this stack's running containers.
+        cmd = ["docker", "ps", "--filter", f"label=com.docker.compose.project={self.name}"]
+        cmd += ["--filter", "status=running", "--format", '{{.Label "com.docker.compose.service"}}']
         while True:
-            running = [
-                cid
-                for service in ONE_SHOT_SERVICES
-                for cid in _docker_ids(
-                    *("--filter", f"label=com.docker.compose.project={self.name}"),
-                    *("--filter", f"label=com.docker.compose.service={service}"),
-                    *("--filter", "status=running"),
-                )
-            ]
-            if not running or time.monotonic() > deadline:
+            running = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+            if not set(running) & set(ONE_SHOT_SERVICES) or time.monotonic() > deadline:
                 return
             time.sleep(0.2)
 

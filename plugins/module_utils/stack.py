@@ -299,24 +299,27 @@ class ImageIndex:
     Not a listing of the host's images: ``GET /images/json`` costs the daemon time in proportion to every image it
     holds (0.4 s with about 2,500 images, as a long-lived build host or a test machine collects them), where the few
     names a read asks about cost a few milliseconds each. ``inspect(name)`` returns the image's inspect document
-    or ``None`` when there is no such image. A name counts only when it is one of the image's tags or digests, or
-    its id: the daemon also resolves a bare prefix of an id, which is not a name.
+    or ``None`` when there is no such image (:meth:`docker_engine.Engine.image`). A name counts only when it is one
+    of the image's tags or digests, or its id: the daemon also resolves a bare prefix of an id, which is not a name.
     """
 
     def __init__(self, inspect: Any) -> None:
         self._inspect = inspect
         self._found: dict[str, dict[str, Any] | None] = {}
-        self.lookups = 0
 
-    def get(self, name: str | None, default: Any = None) -> Any:
+    @property
+    def lookups(self) -> int:
+        """How many image inspects the read made: one per name asked about."""
+        return len(self._found)
+
+    def get(self, name: str | None) -> dict[str, Any] | None:
+        """``{id, tags}`` of the image called ``name`` (normalised, see ``normalise_image_ref``), or ``None``."""
         key = normalise_image_ref(name)
         if not key:
-            return default
+            return None
         if key not in self._found:
-            self.lookups += 1
             self._found[key] = self._info(key, self._inspect(key))
-        found = self._found[key]
-        return default if found is None else found
+        return self._found[key]
 
     @staticmethod
     def _info(key: str, doc: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -329,27 +332,10 @@ class ImageIndex:
             return None
         return {"id": image_id or None, "tags": tags}
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and self.get(name) is not None
-
-    def __getitem__(self, name: str) -> dict[str, Any]:
-        found = self.get(name)
-        if found is None:
-            raise KeyError(name)
-        return found
-
-
-def inspect_image_or_none(client: Any, name: str) -> dict[str, Any] | None:
-    """An image's inspect document, or ``None`` when the daemon has no image of that name."""
-    try:
-        return client.inspect_image(name)
-    except engine_mod.NotFound:
-        return None
-
 
 def image_fact(index: ImageIndex, name: str, variable: str | None = None) -> dict[str, Any]:
     """Presence of one image by name (or id)."""
-    info = index.get(normalise_image_ref(name)) or index.get(name)
+    info = index.get(name)
     fact: dict[str, Any] = {"name": name, "present": info is not None, "id": info["id"] if info else None}
     if variable:
         fact["variable"] = variable
@@ -500,7 +486,7 @@ def _image_facts(
     # compose files' `image:`, else the local build names), app, QGIS (by the variables the worker uses).
     resolved = [r["image"] for r in replicas if r.get("image")]
     candidates = resolved[:1] or names
-    worker_name = next((n for n in candidates if normalise_image_ref(n) in images), candidates[0])
+    worker_name = next((n for n in candidates if images.get(n)), candidates[0])
     qgis_vars: dict[str, str] = {}
     for source in (envs.get(WORKER_SERVICE), envs.get("app"), envs.get("hand_started"), qgis_images):
         for key, value in (source or {}).items():
@@ -582,10 +568,10 @@ def discover(
         "os": version.get("Os"),
     }
     listing = client.containers(all=True)
-    images = ImageIndex(lambda name: inspect_image_or_none(client, name))
+    images = ImageIndex(engine_mod.Engine(client).image)
 
     names = [*[n for n in worker_images if n], f"{project}-{WORKER_SERVICE}", f"{project}_{WORKER_SERVICE}"]
-    ids = [images[normalise_image_ref(n)]["id"] for n in names if normalise_image_ref(n) in images]
+    ids = [info["id"] for info in map(images.get, names) if info]
     qgis_names = list((qgis_images or {}).values()) + [f"{project}-{s}" for s in QGIS_SERVICES]
     # A first pass without environment to learn the project's containers (and their ENVIRONMENT).
     groups = classify_containers(listing, project, network, environment, names, ids, qgis_names, job_network)

@@ -123,7 +123,7 @@ def run_playbook(
         capture_output=True,
         timeout=timeout,
     )
-    flags = " ".join(a for a in args if a.startswith("--") and a not in ("--extra-vars",))
+    flags = " ".join(a for a in args if a.startswith("--"))
     record_run("playbook", f"{playbook} {flags}".strip(), time.monotonic() - started)
     return res
 
