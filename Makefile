@@ -261,11 +261,11 @@ test-importer: release-venv build
 # group ends. The groups, in order:
 #   1. the layers that start no stand-in, in two lanes (pip, ansible-test's start-up and Sphinx leave the cores
 #      half idle): sanity, syntax-check and test-matrix share files and stay in one lane, as do build before
-#      test-importer and the release venv's test-docs and test-importer;
+#      test-importer and the release venv's test-docs and test-importer; test-unit goes with the shorter lane;
 #   2. test-integration alone: it keeps both cores busy by itself (three pytest workers);
 #   3. test-harness beside test-molecule: each starts stacks of its own names and waits on them much of the time;
 #   4. test-disruptive alone: it restarts the Docker daemon.
-STATIC_LANES := "test-unit sanity syntax-check test-matrix" "lint build changelog-lint test-prometheus test-docs test-importer"
+STATIC_LANES := "sanity syntax-check test-matrix" "test-unit lint build changelog-lint test-prometheus test-docs test-importer"
 test: setup
 	@failed=()
 	summary=()

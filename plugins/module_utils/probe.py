@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Tuple
 
 # (status, parsed JSON body or None, text of a transport error or "") of one request.
-Response = tuple[int | None, Any, str]
+Response = Tuple[Optional[int], Any, str]
 # request(method, path, body, token) -> Response; path starts with /api/v1/.
-Request = Callable[[str, str, dict | None, str | None], Response]
+Request = Callable[[str, str, Optional[dict], Optional[str]], Response]
 
 FINAL_STATUSES = ("finished", "failed", "stopped")
 JOB_TYPES = ("package", "process_projectfile")
