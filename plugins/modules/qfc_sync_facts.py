@@ -435,14 +435,17 @@ ansible_facts:
           contains:
             present:
               description: Whether the service has at least one container.
+              returned: always
               type: bool
               sample: true
             containers:
               description: Number of containers of the service.
+              returned: always
               type: int
               sample: 1
             running:
               description: Number of them running.
+              returned: always
               type: int
               sample: 1
             state:
