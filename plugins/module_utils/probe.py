@@ -30,7 +30,7 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _answer(status: int | None, body: Any, error: str) -> str:
+def _answer(status: int | None, error: str) -> str:
     """How a request ended, for a message: the HTTP status, or the transport error."""
     if status is not None:
         return f"HTTP {status}"
@@ -45,7 +45,7 @@ def status_error(url: str, status: int | None, body: Any, error: str) -> str:
     where = f"the status endpoint {url}/api/v1/status/"
     if status != 200:
         detail = f" ({_short(body)})" if body not in (None, "", {}) else ""
-        return f"{where} gave {_answer(status, body, error)}{detail}"
+        return f"{where} gave {_answer(status, error)}{detail}"
     state = body.get("database", body.get("geodb")) if isinstance(body, dict) else None
     if state != "ok":
         return f"{where} answers database {state if state is not None else 'unknown'} ({_short(body)})"
@@ -67,7 +67,20 @@ def job_create_error(project: str, job_type: str, username: str, status: int | N
             " must be one the probe account may use."
         )
     detail = body if body not in (None, "", {}) else error
-    return f"creating a {job_type} job on project {project} gave {_answer(status, body, error)} ({_short(detail)})."
+    return f"creating a {job_type} job on project {project} gave {_answer(status, error)} ({_short(detail)})."
+
+
+def failed_result(error: str | None = None, option: str | None = None) -> dict[str, Any]:
+    """A result before anything was asked (what ``run_probe`` starts from, and a failure that asks nothing)."""
+    return {
+        "outcome": "failed",
+        "error": error,
+        "server_status": None,
+        "job": None,
+        "latency_s": None,
+        "logout_status": None,
+        "option": option,
+    }
 
 
 def run_probe(
@@ -89,20 +102,11 @@ def run_probe(
 
     Returns ``outcome`` (``ok``, ``failed`` or ``status_only``), ``error`` (or None), ``server_status`` (the status
     endpoint's JSON), ``job`` (id, status, followed, created_at, feedback; None when no job was answered),
-    ``latency_s`` (from asking for the job to its end; None unless ``ok``), ``logged_in`` and ``logout_status``
+    ``latency_s`` (from asking for the job to its end; None unless ``ok``), ``logout_status``
     (None when there was no login, else the logout's HTTP status, -1 when it got no answer), ``option`` (the
     option a failure concerns: ``username`` or ``project``; None for any other).
     """
-    result: dict[str, Any] = {
-        "outcome": "failed",
-        "error": None,
-        "server_status": None,
-        "job": None,
-        "latency_s": None,
-        "logged_in": False,
-        "logout_status": None,
-        "option": None,
-    }
+    result = failed_result()
     status, body, error = request("GET", "/api/v1/status/", None, None)
     result["server_status"] = body if isinstance(body, dict) else None
     problem = status_error(url, status, body, error)
@@ -117,12 +121,10 @@ def run_probe(
     token = body.get("token") if status == 200 and isinstance(body, dict) else None
     if not token:
         result["error"] = (
-            f"login as {username} failed ({_answer(status, body, error)}): check the probe account's username and"
-            " password."
+            f"login as {username} failed ({_answer(status, error)}): check the probe account's username and password."
         )
         result["option"] = "username"
         return result
-    result["logged_in"] = True
     try:
         _follow_job(request, token, result, project, job_type, username, timeout, poll, clock, sleep, wall)
     finally:
@@ -181,7 +183,7 @@ def _follow_job(
     if job["status"] in ("failed", "stopped"):
         why = f"({_short(job['feedback'] or {})})"
     else:
-        last = f"; last poll: {_answer(last_http, None, '')}" if last_http != 200 else ""
+        last = f"; last poll: {_answer(last_http, '')}" if last_http != 200 else ""
         why = f"after {timeout:g} s (no worker picked it up or it is still running{last})"
     result["error"] = f"the probe job {job['id']}{followed} is {job['status'] or 'unknown'} {why}"
 

@@ -275,8 +275,7 @@ def main() -> None:
 
     base = (p["url"] or "").rstrip("/")
     if not base:
-        result = {"outcome": "failed", "error": p["missing_url_msg"], "server_status": None, "job": None}
-        result.update(latency_s=None, logout_status=None, option="url")
+        result = probe_utils.failed_result(p["missing_url_msg"], option="url")
     else:
         result = probe_utils.run_probe(
             _requester(base, p["headers"], p["validate_certs"], p["request_timeout"]),
@@ -289,7 +288,6 @@ def main() -> None:
             timeout=p["timeout"],
             poll=p["poll"],
         )
-        result.pop("logged_in")
     result["record"] = probe_utils.record(result, p["job_type"], p["record_fields"])
     result["record_file"] = None
     if p["record_file"] and not module.check_mode:
