@@ -138,7 +138,7 @@ test-matrix:
 	      -r $(MATRIX_REQUIREMENTS)
 	    echo "$$wanted" > $$venv/.requirements
 	  fi
-	  version=$$($$venv/bin/ansible --version | head -1)
+	  version=$$($$venv/bin/ansible --version | sed -n 1p)
 	  echo "=== test-matrix: $$version"
 	  $(MAKE) get-pip-standin VENV=$$venv >/dev/null
 	  for layer in test-unit sanity syntax-check; do
@@ -165,7 +165,7 @@ syntax-check:
 	for playbook in playbooks/*.yml $(SYNTAX_PLAYBOOK); do
 	  ANSIBLE_COLLECTIONS_PATH=$(SYNTAX_COLLECTIONS) $(BIN)/ansible-playbook --syntax-check -i localhost, "$$playbook" >/dev/null
 	done
-	echo "syntax-check: $$(ls playbooks/*.yml | wc -l) playbooks and $$(ls roles/*/tasks/*.yml | wc -l) task files parse under $$($(BIN)/ansible --version | head -1)"
+	echo "syntax-check: $$(ls playbooks/*.yml | wc -l) playbooks and $$(ls roles/*/tasks/*.yml | wc -l) task files parse under $$($(BIN)/ansible --version | sed -n 1p)"
 
 # ---------------------------------------------------------------------------------------------------------
 # documentation site
