@@ -41,7 +41,7 @@ MOLECULE_SCENARIOS = $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/
 LINTABLE = $(wildcard roles playbooks)
 
 .PHONY: help setup venv collections-link get-pip-standin test test-unit sanity lint test-integration \
-	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo samples clean docs test-docs release-venv test-importer test-matrix syntax-check
+	test-harness test-molecule test-disruptive test-order test-prometheus build changelog-lint demo samples clean docs test-docs release-venv test-importer test-matrix syntax-check standin-images
 
 help:
 	@echo 'make setup             install host tools, .venv, collections/ link, get-pip stand-in (idempotent)'
@@ -62,6 +62,7 @@ help:
 	@echo 'make test-importer     galaxy-importer on the built tarball; fails on any warning'
 	@echo 'make test-matrix       unit tests, sanity and syntax-check under each older supported ansible-core'
 	@echo 'make syntax-check      ansible-playbook --syntax-check of every playbook'
+	@echo 'make standin-images    build the stand-in QFieldCloud'\''s shared base and runtime images (once per recipe)'
 	@echo 'make demo              the main job on the stand-in: break, diagnose, check, repair, verify'
 	@echo 'make samples           docs/samples/: diagnose.yml output and a drift report of a broken stand-in'
 
@@ -262,10 +263,13 @@ test-importer: release-venv build
 #   1. the layers that start no stand-in, in two lanes (pip, ansible-test's start-up and Sphinx leave the cores
 #      half idle): sanity, syntax-check and test-matrix share files and stay in one lane, as do build before
 #      test-importer and the release venv's test-docs and test-importer; test-unit goes with the shorter lane;
+#      beside them, a third lane builds the stand-in's shared images (on a fresh machine debootstrap spends
+#      about a minute fetching Debian packages with the cores idle; the next groups find the images built);
 #   2. test-integration alone: it keeps both cores busy by itself (three pytest workers);
 #   3. test-harness beside test-molecule: each starts stacks of its own names and waits on them much of the time;
 #   4. test-disruptive alone: it restarts the Docker daemon.
-STATIC_LANES := "sanity syntax-check test-matrix" "test-unit lint build changelog-lint test-prometheus test-docs test-importer"
+STATIC_LANES := "sanity syntax-check test-matrix" "test-unit lint build changelog-lint test-prometheus test-docs test-importer" \
+  standin-images
 test: setup
 	@failed=()
 	summary=()
@@ -317,6 +321,11 @@ test: setup
 # pytest exits 5 when it collects no test: that is a failure here, like any other non-zero status.
 test-unit:
 	$(BIN)/pytest tests/unit
+
+# The stand-in's shared base image (debootstrap) and runtime image, built once per recipe; `standin up` builds
+# them too when they are missing.
+standin-images:
+	$(BIN)/python tests/harness/standin images
 
 # The Docker-backed suites run in parallel (pytest-xdist, whole files per worker: a file shares its private
 # stacks between its tests). Each worker has its own shared healthy stand-in. PYTEST_WORKERS=0 runs serially.
