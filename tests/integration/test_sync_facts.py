@@ -51,7 +51,8 @@ def test_healthy_stack_has_no_problems(standin):
 
 
 def test_zero_configuration_by_project_name(standin):
-    result = run_module(MODULE, {"project_name": standin.name})
+    # As a user's ad-hoc command runs it: through `ansible localhost -m`.
+    result = run_module(MODULE, {"project_name": standin.name}, via_ansible=True)
     assert not result.get("failed"), result.get("msg")
     assert result["problems"] == []
     assert result["sync_ready"] is True
@@ -71,7 +72,7 @@ def test_job_is_counted_and_leaves_no_orphan(standin):
 
 def test_no_secret_in_result_or_textfile(standin, tmp_path):
     textfile = tmp_path / "qfc.prom"
-    result = facts_of(standin, prometheus_textfile=str(textfile), log_lines=1000)
+    result = facts_of(standin, via_ansible=True, prometheus_textfile=str(textfile), log_lines=1000)
     assert result["prometheus_textfile_written"] is True
     text = textfile.read_text()
     assert f'qfieldcloud_sync_ready{{project="{standin.name}"}} 1' in text
