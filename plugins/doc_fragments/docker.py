@@ -28,6 +28,6 @@ options:
     type: int
     default: 10
 requirements:
-  - read and write access to the Docker daemon's API (its socket) on the managed host; the modules speak the Engine
-    API with the Python standard library, the Docker SDK for Python is not needed
+  - read and write access to the Docker daemon's API (its socket) on the managed host, through the Docker SDK for
+    Python 5.0 or newer there
 """
