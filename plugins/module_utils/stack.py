@@ -24,7 +24,7 @@ import time
 from typing import Any, Iterable
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine as engine_mod
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import logsigns
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import enforced, logsigns
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils.docker_engine import (
     LABEL_CONFIG_HASH,
     LABEL_MANAGED,
@@ -555,7 +555,8 @@ def discover(
     :param log_tail_lines: how many of them each replica returns as ``log_tail``; the lines that show a fault
         sign are returned as ``log_excerpt`` (at most :data:`LOG_EXCERPT_LINES`, cut to :data:`LOG_LINE_WIDTH`).
     :returns: ``{daemon, environment, services, containers, worker, images, job_containers, envs,
-        api_calls}``.
+        project_rows, api_calls}``; ``project_rows`` are the project's containers as :func:`enforced.container_rows`
+        gives them.
         ``envs`` (service -> environment dict of the first container) holds secrets: it is for the
         caller's use (database credentials, redaction) and must never be returned as is. ``foreign_workers``
         lists the running workers of other compose projects with their ``ENVIRONMENT`` (not a secret).
@@ -626,6 +627,8 @@ def discover(
         "job_network": network_facts,
         "events_error": events_error,
         "envs": envs,
+        # What the record of the last enforcement is compared with (module_utils/enforced.py).
+        "project_rows": enforced.container_rows(listing, project),
         "api_calls": {
             "container_lists": 1,
             "image_inspects": images.lookups,

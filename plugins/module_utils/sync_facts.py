@@ -25,7 +25,7 @@ from typing import Any
 
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import database as db_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine as engine_mod
-from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile, logsigns, stack
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import enforced, envfile, logsigns, stack
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import problems as problems_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import queue as queue_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import worker_spec as ws
@@ -470,6 +470,8 @@ def _worker_facts(ctx: SimpleNamespace, facts: dict[str, Any]) -> None:
             "hand_started_running": sum(1 for r in hand if r["running"]),
             "replicas": replicas,
             "hand_started": hand,
+            # qfc_worker's record of its last enforcement, and whether nothing changed since (None: no record).
+            "enforced": enforced.check(ctx.project, ctx.settings["project_dir"], ctx.discovery["project_rows"]),
         }
 
 

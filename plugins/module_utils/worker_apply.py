@@ -27,6 +27,7 @@ from typing import Any
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import compose as compose_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import docker_engine as engine_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import drain as drain_mod
+from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import enforced as enforced_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import envfile, logsigns, stack
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import files as files_mod
 from ansible_collections.fibreflow.qfieldcloud.plugins.module_utils import orphans as orphans_mod
@@ -667,6 +668,8 @@ class WorkerRun:
         # What the workers held before this run changes them: a replaced container takes its log along.
         before = orphans_mod.worker_claims(engine, project["project_name"]) if recover and not self.check else None
         if cli is not None:
+            if not self.check:
+                enforced_mod.forget(project)  # a run that fails from here on proves nothing
             scope = run_compose(self, engine, project, cli)
         else:
             scope = run_standalone(self, engine, project, state)
@@ -678,6 +681,13 @@ class WorkerRun:
             self.plan["actions"] += found["actions"]
             if found["orphaned_jobs"] is not None:
                 self.plan["details"]["orphaned_jobs"] = found["orphaned_jobs"]
+        if cli is not None and not self.check:
+            # The worker is as required now: what a later read compares with (module_utils/enforced.py).
+            if self.plan["actions"]:  # the files as this run left them (COMPOSE_FILE may name the override now)
+                project = load_project(self.params)
+            override_path = os.path.join(project["project_dir"], wp.override_name(self.params))
+            listing = engine.containers(filters={"label": f"{engine_mod.LABEL_PROJECT}={project['project_name']}"})
+            enforced_mod.write(project, self.params, enforced_mod.watched_files(project, override_path), listing)
 
     def drain(self, engine: Engine, replicas: list[dict[str, Any]], db: dict[str, Any]) -> None:
         """Wait until ``replicas`` hold no job (:func:`drain.drain`, bounded by ``drain_timeout``)."""

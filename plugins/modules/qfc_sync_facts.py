@@ -516,6 +516,18 @@ ansible_facts:
               description: Workers started by hand (C(docker run)) that run.
               type: int
               sample: 0
+            enforced:
+              description:
+                - The record M(fibreflow.qfieldcloud.qfc_worker) left after its last run that ended with the worker
+                  as required, compared with this read; V(null) when there is none.
+                - C(current) is true when the record is of this project directory and no compose file, C(.env) or
+                  override was edited and no container of the project was created, removed, stopped, started,
+                  recreated or connected to another network since.
+              type: dict
+              sample:
+                at: "2026-12-02T15:45:49Z"
+                current: true
+                options: {"service": "worker_wrapper", "state": "started", "replicas": null}
             replicas:
               description: One entry per compose replica of the worker service.
               type: list

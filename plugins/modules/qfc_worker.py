@@ -53,6 +53,12 @@ description:
     a second run waits up to O(lock_timeout) seconds, then fails. Files are written atomically (temporary file in
     the same directory, fsync, rename), so a run killed midway leaves C(.env) and the override whole and the next
     run converges.
+  - "After a compose-mode run that leaves the worker as required (not in check mode), the module writes a record
+    beside the lock: the options that shape its plan, and a SHA-256 key over the project's compose files, C(.env),
+    the override and the project's containers (id, state, configuration hash, networks, image). It holds no
+    secret. M(fibreflow.qfieldcloud.qfc_sync_facts) reports whether the record is still current
+    (C(worker.enforced)); the C(fibreflow.qfieldcloud.worker) role leaves this module out of a play whose read found
+    no problem and shows the record current with the role's options. A run that fails removes the record."
   - In check mode no file of the project directory is written and no container is created, started, stopped or
     removed (only the lock file under C(/run/lock) and the cache beside it may be created), yet C(changed),
     C(drift), C(actions) and C(diff) say exactly what a real run would do.

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from ansible_run import JSON_CALLBACK, REPO, play, ran, recap, task_results
+from ansible_run import JSON_CALLBACK, REPO, facts_of, play, ran, recap, task_results
 from standin import Stack
 
 
@@ -110,9 +110,49 @@ def test_site_check_changes_nothing_then_repairs_then_converged(stack):
     assert sum(host["changed"] for host in doc["stats"].values()) == 0, doc["stats"]
     reads = ran(task_results(again.stdout), "fibreflow.qfieldcloud.qfc_sync_facts")
     assert len(reads) == 1, [r.get("invocation") for r in reads]
+    # ... and leaves qfc_worker out: its record of the repair is current (nothing changed since)
+    assert not ran(task_results(again.stdout), "fibreflow.qfieldcloud.qfc_worker")
     result = json.loads((Path("/var/lib/fibreflow-qfieldcloud") / stack.name / "verify.json").read_text())
     assert result["outcome"] == "ok" and result["latency_s"] > 0
     assert stack.wait_job(stack.create_job(), timeout=60) == "finished"
+
+
+def worker_runs(res) -> list[dict]:
+    assert res.returncode == 0, res.output[-3000:]
+    return ran(task_results(res.stdout), "fibreflow.qfieldcloud.qfc_worker")
+
+
+def test_a_converged_site_leaves_qfc_worker_out_until_a_file_or_container_changes(stack):
+    site = ("playbooks/site.yml", stack, "--skip-tags", "verify")
+    worker_runs(play(*site, env=JSON_CALLBACK))  # converged, and qfc_worker's record written (if it ran)
+    assert worker_runs(play(*site, env=JSON_CALLBACK)) == []
+    facts = facts_of(stack)
+    enforced = facts["ansible_facts"]["qfc_sync"]["worker"]["enforced"]
+    assert enforced["current"] is True and enforced["options"]["service"] == "worker_wrapper", enforced
+    # a person edits the owned override: the record no longer matches, the module runs and rewrites it
+    override = stack.dir / "docker-compose.override.fibreflow-worker.yml"
+    owned = override.read_text()
+    override.write_text(owned + "# edited by hand\n")
+    runs = worker_runs(play(*site, env=JSON_CALLBACK))
+    assert len(runs) == 1 and runs[0]["changed"], runs
+    assert override.read_text() == owned
+    assert worker_runs(play(*site, env=JSON_CALLBACK)) == []
+    # a container of the project moved to another network: the module runs (and finds nothing to do here)
+    worker = stack.containers("worker_wrapper", all_=False)[0]
+    subprocess.run(["docker", "network", "connect", "bridge", worker], check=True, capture_output=True)
+    try:
+        runs = worker_runs(play(*site, env=JSON_CALLBACK))
+        assert len(runs) == 1, runs
+    finally:
+        subprocess.run(["docker", "network", "disconnect", "bridge", worker], check=True, capture_output=True)
+    # other options than the record's (replicas given), or qfieldcloud_worker_enforce_always: the module runs
+    runs = worker_runs(play(*site, env=JSON_CALLBACK, extra={"qfieldcloud_worker_replicas": 1}))
+    assert len(runs) == 1 and not runs[0]["changed"], runs
+    runs = worker_runs(play(*site, env=JSON_CALLBACK, extra={"qfieldcloud_worker_enforce_always": True}))
+    assert len(runs) == 1 and not runs[0]["changed"], runs
+    # check mode with the record current: nothing to run, nothing changed
+    check = play(*site, env=JSON_CALLBACK, check=True)
+    assert worker_runs(check) == [] and sum(h["changed"] for h in json.loads(check.stdout)["stats"].values()) == 0
 
 
 def test_startup_brings_services_up_in_order(stack):
