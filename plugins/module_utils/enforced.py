@@ -20,7 +20,6 @@ options kept are those that shape the plan (no password, no timeout). It lives b
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -72,18 +71,9 @@ def container_rows(listing: list[dict[str, Any]], project: str) -> list[list[Any
     return sorted(rows, key=lambda row: str(row[0]))
 
 
-def _file_digest(path: str) -> str | None:
-    try:
-        with open(path, "rb") as handle:
-            return hashlib.sha256(handle.read()).hexdigest()
-    except OSError:
-        return None
-
-
 def key(paths: list[str], rows: list[list[Any]]) -> str:
     """The SHA-256 over the files' contents (a missing file counts as missing) and the container rows."""
-    state = {"files": [[path, _file_digest(path)] for path in paths], "containers": rows}
-    return hashlib.sha256(json.dumps(state, sort_keys=True).encode("utf-8")).hexdigest()
+    return files_mod.contents_digest(paths, json.dumps(rows))
 
 
 def watched_files(project: dict[str, Any], override_path: str) -> list[str]:

@@ -1,15 +1,18 @@
 # Copyright (c) 2025, fibreflow
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The one way the collection writes a file: atomically, keeping an existing file's mode and owner.
+"""The one way the collection writes a file: atomically, keeping an existing file's mode and owner; and the one
+digest of files' contents.
 
 Used for the worker's compose override and ``.env`` (compose.py), the Prometheus textfiles (metrics.py)
-and the drift reports (the drift_report callback).
+and the drift reports (the drift_report callback); the digest keys qfc_worker's cache of the project's own files
+and its record of the last enforcement (worker_apply.py, enforced.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 
@@ -52,3 +55,19 @@ def atomic_write(path: str, text: str, mode: int | None = None) -> None:
         if tmp:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+
+def contents_digest(paths: list[str], extra: str = "") -> str:
+    """The SHA-256 over each path and its file's bytes (a missing or unreadable file counts as missing), then
+    ``extra``: equal digests mean none of the files changed."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.encode() + b"\0")
+        try:
+            with open(path, "rb") as handle:
+                digest.update(handle.read())
+        except OSError:
+            digest.update(b"<missing>")
+        digest.update(b"\0")
+    digest.update(extra.encode())
+    return digest.hexdigest()

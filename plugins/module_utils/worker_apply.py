@@ -17,7 +17,6 @@ small cache beside the lock file, keyed by the digest of those files and ``.env`
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -184,20 +183,6 @@ def db_settings(engine: Engine, params: dict, network: str, env: dict[str, str] 
 
 
 # ---------------------------------------------------------------------------------------------- the project's own files
-def _fingerprint(paths: list[str], env_text: str | None) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.encode() + b"\0")
-        try:
-            with open(path, "rb") as handle:
-                digest.update(handle.read())
-        except OSError:
-            digest.update(b"<missing>")
-        digest.update(b"\0")
-    digest.update((env_text or "").encode())
-    return digest.hexdigest()
-
-
 def base_facts(cli: compose_mod.ComposeCli, project: dict, current: dict, override_path: str, service: str) -> dict:
     """What the project's own files (without the owned override) give the worker: ``networks`` (``[[compose key,
     Docker name], ...]``) and ``first_command`` (the command of the first compose file).
@@ -209,7 +194,7 @@ def base_facts(cli: compose_mod.ComposeCli, project: dict, current: dict, overri
     files = project.get("compose_files") or []
     real = os.path.realpath(override_path)
     others = [path for path in files if os.path.realpath(path) != real]
-    fingerprint = _fingerprint(others, f"{service}\0{project.get('env_text') or ''}")
+    fingerprint = files_mod.contents_digest(others, f"{service}\0{project.get('env_text') or ''}")
     cache = compose_mod.lock_path(project["project_name"], project.get("project_dir"))[: -len(".lock")] + ".base.json"
     try:
         with open(cache, encoding="utf-8") as handle:

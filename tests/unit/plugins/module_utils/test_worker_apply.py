@@ -28,13 +28,3 @@ def test_the_worker_keeps_the_further_networks_of_the_project_files():
     base = {"networks": [["default", "qfc_default"], ["extra", "qfc_extra"], [compose.EXTERNAL_NETWORK_KEY, "ext"]]}
     assert wa.kept(base, "qfc_default") == (["extra"], ["qfc_extra"])
     assert wa.kept(base, "qfc_extra") == (["default"], ["qfc_default"])
-
-
-def test_the_cache_of_the_project_files_changes_with_any_of_them(tmp_path):
-    first = tmp_path / "docker-compose.yml"
-    first.write_text("services: {}\n")
-    before = wa._fingerprint([str(first)], "worker_wrapper\0COMPOSE_FILE=docker-compose.yml\n")
-    assert before == wa._fingerprint([str(first)], "worker_wrapper\0COMPOSE_FILE=docker-compose.yml\n")
-    assert before != wa._fingerprint([str(first)], "worker_wrapper\0COMPOSE_FILE=other.yml\n")
-    first.write_text("services: {worker_wrapper: {}}\n")
-    assert before != wa._fingerprint([str(first)], "worker_wrapper\0COMPOSE_FILE=docker-compose.yml\n")
